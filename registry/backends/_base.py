@@ -1,0 +1,359 @@
+"""The semantics every backend shares, written once over a few storage primitives.
+
+A backend supplies the primitives (read or write one record, select sessions in list order,
+delete sessions with their tokens, and the two context managers that scope a read and a write
+unit); :class:`BaseStore` turns them into the :class:`~registry.protocols.SessionRegistry` and
+:class:`~registry.protocols.TokenStore` contract. Keeping the merge, expiry and error rules here
+means the json and sqlite backends cannot drift apart on semantics: they differ only in how
+records reach the disk.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import attrs
+
+from registry.errors import (
+    ChatMismatch,
+    RegistryError,
+    SessionNotFound,
+    TokenExpired,
+    TokenNotFound,
+    ValidationError,
+)
+from registry.models import (
+    DEFAULT_SCOPES,
+    UPDATABLE_FIELDS,
+    Session,
+    Token,
+    Transport,
+    add_ttl,
+    check_key,
+    utc_ms,
+)
+from registry.protocols import AliveProbe
+
+Clock = Callable[[], datetime]
+
+# 16 random bytes, as the legacy daemon used: 128 bits, 22 URL-safe characters.
+TOKEN_BYTES: Final = 16
+
+
+class BaseStore(ABC):
+    """One store over one set of data; it is its own ``sessions`` and ``tokens``."""
+
+    backend: str = ""
+
+    def __init__(self, *, clock: Clock, session_ttl: timedelta, token_ttl: timedelta) -> None:
+        self._clock = clock
+        self._session_ttl = session_ttl
+        self._token_ttl = token_ttl
+        self._closed = False
+
+    # ----------------------------------------------------------------- primitives
+
+    @abstractmethod
+    def _reading(self) -> AbstractContextManager[None]:
+        """Scope of a read: inside an open unit it sees that unit's changes."""
+
+    @abstractmethod
+    def _writing(self, *, savepoint: bool) -> AbstractContextManager[None]:
+        """Scope of a write unit; nested inside another it joins it (or is a savepoint)."""
+
+    @abstractmethod
+    def _get(self, session_id: str) -> Session | None: ...
+
+    @abstractmethod
+    def _put(self, session: Session) -> None:
+        """Insert or update the session record (never touching its tokens)."""
+
+    @abstractmethod
+    def _delete_sessions(self, session_ids: list[str]) -> None:
+        """Delete these sessions, which exist, and all their tokens."""
+
+    @abstractmethod
+    def _select(
+        self, now: datetime, *, active_only: bool, notify_only: bool, ppid: int | None = None
+    ) -> list[Session]:
+        """Sessions matching the filters, in list order."""
+
+    @abstractmethod
+    def _expired_ids(self, now: datetime) -> list[str]:
+        """Ids of sessions with ``expires_at <= now``."""
+
+    @abstractmethod
+    def _get_token(self, token: str) -> Token | None: ...
+
+    @abstractmethod
+    def _put_token(self, token: Token) -> None: ...
+
+    @abstractmethod
+    def _delete_token(self, token: str) -> bool: ...
+
+    @abstractmethod
+    def _tokens_of(self, session_id: str) -> list[Token]:
+        """The session's tokens ordered by ``created_at``, then value."""
+
+    @abstractmethod
+    def _delete_expired_tokens(self, now: datetime) -> int: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    def _session_of_live_token(self, token: str, now: datetime) -> Session | None:
+        found = self._get_token(token)
+        if found is None or not found.is_live(now):
+            return None
+        return self._get(found.session_id)
+
+    # ----------------------------------------------------------------- store
+
+    @property
+    def sessions(self) -> BaseStore:
+        return self
+
+    @property
+    def tokens(self) -> BaseStore:
+        return self
+
+    @property
+    def session_ttl(self) -> timedelta:
+        return self._session_ttl
+
+    @property
+    def token_ttl(self) -> timedelta:
+        return self._token_ttl
+
+    def atomic(self) -> AbstractContextManager[None]:
+        self._check_open()
+        return self._writing(savepoint=True)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> BaseStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend!r}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistryError("the store is closed")
+
+    def _now(self) -> datetime:
+        self._check_open()
+        return utc_ms(self._clock())
+
+    @contextmanager
+    def _read(self) -> Iterator[datetime]:
+        now = self._now()
+        with self._reading():
+            yield now
+
+    @contextmanager
+    def _write(self) -> Iterator[datetime]:
+        now = self._now()
+        with self._writing(savepoint=False):
+            yield now
+
+    # ----------------------------------------------------------------- sessions
+
+    def register(
+        self,
+        session_id: str,
+        *,
+        ppid: int | None = None,
+        pid: int | None = None,
+        start_time: int | None = None,
+        cwd: str | None = None,
+        label: str | None = None,
+        notify: bool | None = None,
+        transport: Transport | None = None,
+        state: str | None = None,
+    ) -> Session:
+        check_key("session_id", session_id)
+        given: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("ppid", ppid),
+                ("pid", pid),
+                ("start_time", start_time),
+                ("cwd", cwd),
+                ("label", label),
+                ("notify", notify),
+                ("transport", transport),
+                ("state", state),
+            )
+            if value is not None
+        }
+        with self._write() as now:
+            stamps: dict[str, Any] = {
+                "updated_at": now,
+                "last_seen": now,
+                "expires_at": add_ttl(now, self._session_ttl),
+            }
+            existing = self._get(session_id)
+            if existing is None:
+                session = Session(session_id=session_id, created_at=now, **given, **stamps)
+            else:
+                session = attrs.evolve(existing, **given, **stamps)
+            self._put(session)
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        with self._read():
+            return self._get(session_id)
+
+    def get_by_ppid(self, ppid: int) -> Session | None:
+        with self._read() as now:
+            found = self._select(now, active_only=True, notify_only=False, ppid=ppid)
+        return found[0] if found else None
+
+    def get_notify_sessions(self) -> list[Session]:
+        return self.list_sessions(active_only=True, notify_only=True)
+
+    def list_sessions(
+        self, *, active_only: bool = False, notify_only: bool = False
+    ) -> list[Session]:
+        with self._read() as now:
+            return self._select(now, active_only=active_only, notify_only=notify_only)
+
+    def update(self, session_id: str, **changes: Any) -> Session:
+        unknown = sorted(set(changes) - set(UPDATABLE_FIELDS))
+        if unknown:
+            settable = ", ".join(UPDATABLE_FIELDS)
+            raise ValidationError(f"cannot update {', '.join(unknown)}; settable: {settable}")
+        with self._write() as now:
+            session = attrs.evolve(self._require(session_id), **changes, updated_at=now)
+            self._put(session)
+        return session
+
+    def touch(self, session_id: str) -> Session:
+        with self._write() as now:
+            session = attrs.evolve(
+                self._require(session_id),
+                last_seen=now,
+                expires_at=add_ttl(now, self._session_ttl),
+            )
+            self._put(session)
+        return session
+
+    def remove(self, session_id: str) -> bool:
+        with self._write():
+            if self._get(session_id) is None:
+                return False
+            self._delete_sessions([session_id])
+            return True
+
+    def cleanup_expired_sessions(self) -> list[str]:
+        with self._write() as now:
+            expired = sorted(self._expired_ids(now))
+            if expired:
+                self._delete_sessions(expired)
+        return expired
+
+    def cleanup_dead_sessions(self, is_alive: AliveProbe | None = None) -> list[str]:
+        if is_alive is None:
+            from registry.liveness import is_process_alive
+
+            is_alive = is_process_alive
+        with self._read() as now:
+            candidates = [
+                session
+                for session in self._select(now, active_only=False, notify_only=False)
+                if session.state == "running" and session.ppid is not None
+            ]
+        # Probing may be slow and may itself use the store: no lock is held here.
+        dead = [s for s in candidates if s.ppid is not None and not is_alive(s.ppid, s.start_time)]
+        removed: list[str] = []
+        if dead:
+            with self._write():
+                # A record that differs from the probed one was re-registered, touched or
+                # updated since: the probe's verdict is about a state that no longer exists.
+                removed = sorted(s.session_id for s in dead if self._get(s.session_id) == s)
+                if removed:
+                    self._delete_sessions(removed)
+        return removed
+
+    def _require(self, session_id: str) -> Session:
+        session = self._get(session_id)
+        if session is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        return session
+
+    # ----------------------------------------------------------------- tokens
+
+    def mint_token(
+        self,
+        session_id: str,
+        chat_id: int,
+        *,
+        ttl: timedelta | None = None,
+        scopes: tuple[str, ...] | list[str] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Token:
+        value = secrets.token_urlsafe(TOKEN_BYTES)
+        return self.store_token(value, session_id, chat_id, ttl=ttl, scopes=scopes, context=context)
+
+    def store_token(
+        self,
+        token: str,
+        session_id: str,
+        chat_id: int,
+        *,
+        ttl: timedelta | None = None,
+        scopes: tuple[str, ...] | list[str] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Token:
+        with self._write() as now:
+            record = Token(
+                token=token,
+                session_id=session_id,
+                chat_id=chat_id,
+                scopes=DEFAULT_SCOPES if scopes is None else scopes,
+                context={} if context is None else context,
+                created_at=now,
+                expires_at=add_ttl(now, self._token_ttl if ttl is None else ttl),
+            )
+            self._require(session_id)
+            self._put_token(record)
+        return record
+
+    def get_session_by_token(self, token: str) -> Session | None:
+        with self._read() as now:
+            return self._session_of_live_token(token, now)
+
+    def validate_token(self, token: str, chat_id: int) -> Token:
+        with self._read() as now:
+            found = self._get_token(token)
+        if found is None:
+            raise TokenNotFound("no such token")
+        if not found.is_live(now):
+            raise TokenExpired(f"token expired at {found.expires_at.isoformat()}")
+        if found.chat_id != chat_id:
+            raise ChatMismatch("token was issued to another chat")
+        return found
+
+    def revoke_token(self, token: str) -> bool:
+        with self._write():
+            return self._delete_token(token)
+
+    def tokens_for_session(self, session_id: str) -> list[Token]:
+        with self._read():
+            return self._tokens_of(session_id)
+
+    def cleanup_expired_tokens(self) -> int:
+        with self._write() as now:
+            return self._delete_expired_tokens(now)

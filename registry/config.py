@@ -1,0 +1,205 @@
+"""Store configuration: the ``[store]`` table of a TOML file, a mapping, or the environment.
+
+Resolution when ``open_store()`` gets no config (SPEC 5): ``$CCR_REGISTRY_CONFIG`` if set, else
+``ccr-registry.toml`` in the default data directory (``$CCR_DATA_DIR``, or ``~/.ccr`` when that
+is unset) if it exists, else the defaults with that data directory. ``~`` is expanded
+everywhere; a relative path in a TOML file is relative to that file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from registry.errors import ConfigError
+
+__all__ = ["BACKEND_NAMES", "CONFIG_FILE_NAME", "DualConfig", "StoreConfig", "default_data_dir"]
+
+BACKEND_NAMES: Final = ("json", "sqlite", "dual")
+SIDE_NAMES: Final = ("json", "sqlite")
+CONFIG_FILE_NAME: Final = "ccr-registry.toml"
+ENV_CONFIG: Final = "CCR_REGISTRY_CONFIG"
+ENV_DATA_DIR: Final = "CCR_DATA_DIR"
+STORE_KEYS: Final = (
+    "backend",
+    "data_dir",
+    "sqlite_path",
+    "session_ttl_hours",
+    "token_ttl_hours",
+    "lock_timeout_s",
+    "migrate_from_json",
+    "dual",
+)
+DUAL_KEYS: Final = ("primary", "secondary", "compare_reads", "strict")
+
+
+def default_data_dir() -> Path:
+    """``$CCR_DATA_DIR`` if set, else ``~/.ccr``."""
+    return Path(os.environ.get(ENV_DATA_DIR) or "~/.ccr").expanduser()
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+    return str(value)
+
+
+def _number(name: str, value: object, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (positive and value == 0) or value != value or value == float("inf"):
+        raise ConfigError(f"{name} must be a {'positive' if positive else 'non-negative'} number")
+    return float(value)
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _path(name: str, value: object, base_dir: Path | None) -> Path:
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise ConfigError(f"{name} must be a path, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    return path
+
+
+def _check_keys(table: str, mapping: Mapping[str, Any], valid: tuple[str, ...]) -> None:
+    unknown = sorted(set(mapping) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+            f"[{table}]; valid keys: {', '.join(valid)}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class DualConfig:
+    """``[store.dual]``: which backend is authoritative during a cutover."""
+
+    primary: str = "json"
+    secondary: str = "sqlite"
+    compare_reads: bool = True
+    strict: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        _choice("store.dual.primary", self.primary, SIDE_NAMES)
+        _choice("store.dual.secondary", self.secondary, SIDE_NAMES)
+        if self.primary == self.secondary:
+            raise ConfigError("store.dual.primary and store.dual.secondary must differ")
+        _bool("store.dual.compare_reads", self.compare_reads)
+        _bool("store.dual.strict", self.strict)
+
+    @classmethod
+    def from_mapping(cls, mapping: object) -> DualConfig:
+        if not isinstance(mapping, Mapping):
+            raise ConfigError("[store.dual] must be a table")
+        _check_keys("store.dual", mapping, DUAL_KEYS)
+        return cls(**mapping)
+
+
+@attrs.frozen(kw_only=True)
+class StoreConfig:
+    """The resolved ``[store]`` table."""
+
+    backend: str = "sqlite"
+    data_dir: Path = attrs.field(factory=default_data_dir)
+    sqlite_path: Path | None = None
+    session_ttl_hours: float = 24.0
+    token_ttl_hours: float = 24.0
+    lock_timeout_s: float = 10.0
+    migrate_from_json: bool = True
+    dual: DualConfig = attrs.field(factory=DualConfig)
+    source: str = attrs.field(default="defaults", eq=False)
+    """Where this config came from (a file path, ``"mapping"`` or ``"defaults"``)."""
+
+    def __attrs_post_init__(self) -> None:
+        _choice("store.backend", self.backend, BACKEND_NAMES)
+        _number("store.session_ttl_hours", self.session_ttl_hours, positive=True)
+        _number("store.token_ttl_hours", self.token_ttl_hours, positive=True)
+        _number("store.lock_timeout_s", self.lock_timeout_s, positive=False)
+        _bool("store.migrate_from_json", self.migrate_from_json)
+        if not isinstance(self.dual, DualConfig):
+            raise ConfigError("store.dual must be a DualConfig")
+
+    @property
+    def db_path(self) -> Path:
+        """The sqlite database: ``sqlite_path``, or ``data_dir/ccr.db``."""
+        return self.sqlite_path if self.sqlite_path is not None else self.data_dir / "ccr.db"
+
+    @property
+    def session_ttl(self) -> timedelta:
+        return timedelta(hours=self.session_ttl_hours)
+
+    @property
+    def token_ttl(self) -> timedelta:
+        return timedelta(hours=self.token_ttl_hours)
+
+    # ----------------------------------------------------------------- readers
+
+    @classmethod
+    def from_mapping(
+        cls, mapping: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "mapping"
+    ) -> StoreConfig:
+        """A config from a mapping shaped like the ``[store]`` table.
+
+        Relative paths are relative to ``base_dir`` (default: the current directory).
+        :raises ConfigError: for an unknown key or backend, or a bad value, naming the choices.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"[store] must be a table, got {type(mapping).__name__}")
+        _check_keys("store", mapping, STORE_KEYS)
+        values: dict[str, Any] = dict(mapping)
+        if "data_dir" in values:
+            values["data_dir"] = _path("store.data_dir", values["data_dir"], base_dir)
+        if values.get("sqlite_path") is not None:
+            values["sqlite_path"] = _path("store.sqlite_path", values["sqlite_path"], base_dir)
+        if "dual" in values and not isinstance(values["dual"], DualConfig):
+            values["dual"] = DualConfig.from_mapping(values["dual"])
+        return cls(**values, source=source)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> StoreConfig:
+        """A config from the ``[store]`` table of a TOML file.
+
+        :raises ConfigError: if the file cannot be read or parsed, or holds an unknown key.
+        """
+        file = Path(path).expanduser()
+        try:
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read config: {exc}") from exc
+        _check_keys("top level", document, ("store",))
+        return cls.from_mapping(
+            document.get("store", {}), base_dir=file.resolve().parent, source=str(file)
+        )
+
+    @classmethod
+    def resolve(
+        cls, config: StoreConfig | Mapping[str, Any] | str | os.PathLike[str] | None
+    ) -> StoreConfig:
+        """Whatever ``open_store`` was given, or the environment when it was given nothing."""
+        if isinstance(config, StoreConfig):
+            return config
+        if isinstance(config, Mapping):
+            return cls.from_mapping(config)
+        if isinstance(config, str | os.PathLike):
+            return cls.from_toml(config)
+        if config is not None:
+            kind = type(config).__name__
+            raise ConfigError(f"config must be a StoreConfig, a mapping or a TOML path, not {kind}")
+        if os.environ.get(ENV_CONFIG):
+            return cls.from_toml(os.environ[ENV_CONFIG])
+        candidate = default_data_dir() / CONFIG_FILE_NAME
+        if candidate.is_file():
+            return cls.from_toml(candidate)
+        return cls()

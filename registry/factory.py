@@ -1,0 +1,73 @@
+"""Pick and open a backend from config: the one-line switch between json, sqlite and dual."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from registry.backends._base import Clock
+from registry.config import BACKEND_NAMES, StoreConfig
+from registry.errors import ConfigError
+from registry.protocols import Store
+
+__all__ = ["BACKENDS", "open_store", "system_clock"]
+
+
+def system_clock() -> datetime:
+    """The real time, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def _open_json(config: StoreConfig, clock: Clock) -> Store:
+    from registry.backends.json_file import JsonStore
+
+    return JsonStore(
+        config.data_dir,
+        clock=clock,
+        session_ttl=config.session_ttl,
+        token_ttl=config.token_ttl,
+        lock_timeout_s=config.lock_timeout_s,
+    )
+
+
+def _open_sqlite(config: StoreConfig, clock: Clock) -> Store:
+    from registry.backends.sqlite import SqliteStore
+
+    return SqliteStore(
+        config.db_path,
+        clock=clock,
+        session_ttl=config.session_ttl,
+        token_ttl=config.token_ttl,
+        lock_timeout_s=config.lock_timeout_s,
+    )
+
+
+# Backends are imported when opened, so a hook that uses one never imports the other.
+BACKENDS: dict[str, Callable[[StoreConfig, Clock], Store]] = {
+    "json": _open_json,
+    "sqlite": _open_sqlite,
+}
+
+
+def open_store(
+    config: StoreConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    clock: Clock | None = None,
+) -> Store:
+    """Open the store that ``config`` names (see :mod:`registry.config` for the fallbacks).
+
+    ``clock`` returns the current time as an aware datetime (default: the system clock).
+    :raises ConfigError: for an unknown backend or key, naming the valid choices.
+    """
+    resolved = StoreConfig.resolve(config)
+    opener = BACKENDS.get(resolved.backend)
+    if opener is None:
+        raise ConfigError(
+            f"backend {resolved.backend!r} is not available; choose one of: {', '.join(BACKENDS)}"
+        )
+    return opener(resolved, clock or system_clock)
+
+
+assert set(BACKENDS) <= set(BACKEND_NAMES)

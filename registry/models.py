@@ -1,0 +1,498 @@
+"""The data model (SPEC 2) and its conversions to and from each on-disk format.
+
+Models are frozen attrs classes that validate on construction, so a record that exists is a
+valid record: bad input raises :class:`~registry.errors.ValidationError` before anything can
+reach the disk. Their generated ``__eq__`` compares every field, so a round-trip assertion
+catches a lost field.
+
+Timestamps are aware UTC ``datetime`` objects truncated to whole milliseconds; on disk they are
+integer epoch milliseconds. ``start_time`` stays integer epoch seconds (the legacy unit).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+import attrs
+
+from registry.errors import ValidationError
+
+__all__ = [
+    "DEFAULT_SCOPES",
+    "STATES",
+    "TRANSPORT_KINDS",
+    "FrozenMap",
+    "Session",
+    "Token",
+    "Transport",
+    "from_ms",
+    "session_from_legacy",
+    "session_to_legacy",
+    "to_ms",
+    "token_from_legacy",
+    "token_to_legacy",
+    "unwrap_sessions_document",
+]
+
+TRANSPORT_KINDS: Final = ("nvim", "tmux", "pty", "unknown")
+STATES: Final = ("running", "stopped")
+DEFAULT_SCOPES: Final = ("send_cmd",)
+MAX_KEY_LEN: Final = 256
+MAX_TEXT_LEN: Final = 4096
+# A token's context is free-form JSON; the bound keeps one record from bloating the store.
+MAX_CONTEXT_CHARS: Final = 65536
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[str, V]):
+    """A read-only, hashable mapping (for transport details and token context).
+
+    It compares equal to any mapping with the same items, plain ``dict`` included.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, V] | None = None) -> None:
+        self._data: dict[str, V] = dict(data or {})
+
+    def __getitem__(self, key: str) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self._data, sort_keys=True))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._data == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def to_dict(self) -> dict[str, V]:
+        """A plain, mutable copy."""
+        return dict(self._data)
+
+
+# --------------------------------------------------------------------------- time helpers
+
+
+def to_ms(moment: datetime) -> int:
+    """Integer epoch milliseconds of an aware datetime."""
+    return (moment - EPOCH) // _ONE_MS
+
+
+def from_ms(ms: int) -> datetime:
+    """The aware UTC datetime of integer epoch milliseconds."""
+    try:
+        return EPOCH + timedelta(milliseconds=ms)
+    except (OverflowError, ValueError) as exc:
+        raise ValidationError(f"timestamp {ms!r} ms is out of range") from exc
+
+
+def utc_ms(value: object) -> datetime:
+    """Normalise an aware datetime to UTC, truncated to whole milliseconds."""
+    if not isinstance(value, datetime):
+        raise ValidationError(f"timestamp must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError("timestamp must be timezone-aware")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+
+
+def add_ttl(now: datetime, ttl: timedelta) -> datetime:
+    """``now + ttl``, refusing a negative ttl or one that runs past the calendar."""
+    if not isinstance(ttl, timedelta):
+        raise ValidationError(f"ttl must be a timedelta, got {type(ttl).__name__}")
+    if ttl < timedelta(0):
+        raise ValidationError(f"ttl must not be negative, got {ttl}")
+    try:
+        return utc_ms(now + ttl)
+    except OverflowError as exc:
+        raise ValidationError(f"ttl {ttl} runs past the largest representable time") from exc
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def check_key(name: str, value: object) -> str:
+    """An identifier: non-empty text of at most 256 characters without control characters."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
+    if not value:
+        raise ValidationError(f"{name} must not be empty")
+    if len(value) > MAX_KEY_LEN:
+        raise ValidationError(f"{name} is longer than {MAX_KEY_LEN} characters")
+    if _CONTROL.search(value):
+        raise ValidationError(f"{name} must not contain control characters")
+    return value
+
+
+def check_text(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string or None, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_LEN:
+        raise ValidationError(f"{name} is longer than {MAX_TEXT_LEN} characters")
+    return value
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    # bool is an int subclass; True is not a pid.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be within [{low}, {high}], got {value}")
+    return value
+
+
+def check_pid(name: str, value: object) -> int | None:
+    return None if value is None else _check_int(name, value, 1, INT64_MAX)
+
+
+def check_start_time(value: object) -> int | None:
+    return None if value is None else _check_int("start_time", value, 0, INT64_MAX)
+
+
+def check_chat_id(value: object) -> int:
+    return _check_int("chat_id", value, INT64_MIN, INT64_MAX)
+
+
+def check_notify(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"notify must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_state(value: object) -> str:
+    if value not in STATES:
+        raise ValidationError(f"state must be one of {', '.join(STATES)}; got {value!r}")
+    return str(value)
+
+
+def _attrs_check(check: Any) -> Any:
+    """Adapt a ``check(name, value)`` function to an attrs validator."""
+
+    def validator(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check(attribute.name, value)
+
+    return validator
+
+
+def _scalar(name: str, value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{name} must be a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_LEN:
+            raise ValidationError(f"{name} is longer than {MAX_TEXT_LEN} characters")
+        return value
+    raise ValidationError(f"{name} must be a JSON scalar, got {type(value).__name__}")
+
+
+def _details(value: object) -> FrozenMap[str | int | float | bool | None]:
+    if isinstance(value, FrozenMap):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"transport details must be a mapping, got {type(value).__name__}")
+    out: dict[str, str | int | float | bool | None] = {}
+    for key, item in value.items():
+        check_key("transport detail key", key)
+        if key == "kind":
+            # The legacy format flattens details next to "kind"; this one would collide.
+            raise ValidationError("transport detail key 'kind' is reserved")
+        out[key] = _scalar(f"transport detail {key!r}", item)
+    return FrozenMap(out)
+
+
+def _context(value: object) -> FrozenMap[Any]:
+    if isinstance(value, FrozenMap):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"context must be a mapping, got {type(value).__name__}")
+    try:
+        text = json.dumps(dict(value), allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"context must be JSON: {exc}") from exc
+    if len(text) > MAX_CONTEXT_CHARS:
+        raise ValidationError(f"context is larger than {MAX_CONTEXT_CHARS} characters as JSON")
+    copy = json.loads(text)
+    if copy != dict(value):
+        # Tuples, non-str keys and the like would not survive a round trip through the disk.
+        raise ValidationError("context must hold only JSON types (dict, list, str, number, bool)")
+    return FrozenMap(copy)
+
+
+def _scopes(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValidationError(f"scopes must be a list or tuple of strings, got {value!r}")
+    return tuple(check_key("scope", item) for item in value)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@attrs.frozen(kw_only=True)
+class Transport:
+    """How to reach a session's terminal: an nvim socket, a tmux pane or a pty."""
+
+    kind: str = attrs.field(default="unknown")
+    details: FrozenMap[str | int | float | bool | None] = attrs.field(
+        factory=FrozenMap, converter=_details
+    )
+
+    @kind.validator
+    def _kind(self, _attribute: object, value: object) -> None:
+        if value not in TRANSPORT_KINDS:
+            raise ValidationError(
+                f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}; got {value!r}"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class Session:
+    """One coding-agent session as the registry stores it."""
+
+    session_id: str = attrs.field(validator=_attrs_check(check_key))
+    ppid: int | None = attrs.field(default=None, validator=_attrs_check(check_pid))
+    pid: int | None = attrs.field(default=None, validator=_attrs_check(check_pid))
+    start_time: int | None = attrs.field(
+        default=None, validator=lambda _i, _a, v: check_start_time(v)
+    )
+    cwd: str | None = attrs.field(default=None, validator=_attrs_check(check_text))
+    label: str | None = attrs.field(default=None, validator=_attrs_check(check_text))
+    notify: bool = attrs.field(default=False, validator=lambda _i, _a, v: check_notify(v))
+    transport: Transport = attrs.field(factory=Transport)
+    state: str = attrs.field(default="running", validator=lambda _i, _a, v: check_state(v))
+    created_at: datetime = attrs.field(converter=utc_ms)
+    updated_at: datetime = attrs.field(converter=utc_ms)
+    last_seen: datetime = attrs.field(converter=utc_ms)
+    expires_at: datetime = attrs.field(converter=utc_ms)
+
+    @transport.validator
+    def _transport(self, _attribute: object, value: object) -> None:
+        if not isinstance(value, Transport):
+            raise ValidationError(f"transport must be a Transport, got {type(value).__name__}")
+
+    def is_live(self, now: datetime) -> bool:
+        """True while ``now < expires_at``."""
+        return now < self.expires_at
+
+    def is_active(self, now: datetime) -> bool:
+        """Running and live."""
+        return self.state == "running" and now < self.expires_at
+
+
+@attrs.frozen(kw_only=True)
+class Token:
+    """A short-lived token binding one Telegram chat to one session."""
+
+    token: str = attrs.field(repr=False, validator=_attrs_check(check_key))
+    session_id: str = attrs.field(validator=_attrs_check(check_key))
+    chat_id: int = attrs.field(validator=lambda _i, _a, v: check_chat_id(v))
+    scopes: tuple[str, ...] = attrs.field(default=DEFAULT_SCOPES, converter=_scopes)
+    context: FrozenMap[Any] = attrs.field(factory=FrozenMap, converter=_context)
+    created_at: datetime = attrs.field(converter=utc_ms)
+    expires_at: datetime = attrs.field(converter=utc_ms)
+
+    def is_live(self, now: datetime) -> bool:
+        """True while ``now < expires_at``."""
+        return now < self.expires_at
+
+
+# Fields ``SessionRegistry.update`` may set, in model order.
+UPDATABLE_FIELDS: Final = (
+    "ppid",
+    "pid",
+    "start_time",
+    "cwd",
+    "label",
+    "notify",
+    "transport",
+    "state",
+)
+
+# --------------------------------------------------------------------------- legacy JSON format
+
+
+def unwrap_sessions_document(document: object) -> dict[str, Any]:
+    """The ``{session_id: record}`` object of a sessions file in either legacy shape.
+
+    The legacy daemon writes a flat object; the consolidation plan documents a
+    ``{"sessions": {...}}`` wrapper. A top-level ``"sessions"`` key whose value is not itself a
+    session record (it has no ``session_id``) is taken as that wrapper.
+    """
+    if not isinstance(document, dict):
+        raise ValidationError(f"sessions file must hold a JSON object, got {_json_type(document)}")
+    inner = document.get("sessions")
+    if len(document) == 1 and isinstance(inner, dict) and "session_id" not in inner:
+        return inner
+    return document
+
+
+def _json_type(value: object) -> str:
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(value), "a scalar")
+
+
+def _legacy_time(name: str, value: object) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationError(f"{name} must be epoch milliseconds or ISO-8601, got a bool")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{name} must be a finite number")
+        return from_ms(math.floor(value))
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValidationError(f"{name} {value!r} is not ISO-8601") from exc
+        # The plan writes "...Z"; a timestamp without an offset is read as UTC.
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return utc_ms(parsed)
+    raise ValidationError(f"{name} must be epoch milliseconds or ISO-8601")
+
+
+def _first(*values: datetime | None) -> datetime | None:
+    return next((value for value in values if value is not None), None)
+
+
+def _legacy_transport(raw: object) -> Transport:
+    if raw is None:
+        return Transport()
+    if not isinstance(raw, dict):
+        raise ValidationError("transport must be an object")
+    kind = raw.get("kind", "unknown")
+    if isinstance(raw.get("details"), dict):  # the plan's shape
+        return Transport(kind=kind, details=raw["details"])
+    return Transport(kind=kind, details={k: v for k, v in raw.items() if k != "kind"})
+
+
+def session_from_legacy(key: str, raw: object, *, session_ttl: timedelta) -> Session:
+    """Read one session record of either legacy shape, normalised (SPEC 6).
+
+    A missing ``last_seen`` is ``updated_at``; other missing timestamps fall back to the record's
+    own timestamps (``expires_at`` to ``last_seen + session_ttl``), never to "now"; state
+    ``active`` is ``running``. Raises :class:`ValidationError` with the reason otherwise.
+    """
+    if not isinstance(raw, dict):
+        raise ValidationError(f"record is {_json_type(raw)}, not an object")
+    inner_id = raw.get("session_id", key)
+    if inner_id != key:
+        raise ValidationError(f"key {key!r} differs from its session_id {inner_id!r}")
+    created = _legacy_time("created_at", raw.get("created_at"))
+    updated = _legacy_time("updated_at", raw.get("updated_at"))
+    seen = _legacy_time("last_seen", raw.get("last_seen"))
+    expires = _legacy_time("expires_at", raw.get("expires_at"))
+    seen = _first(seen, updated, created)
+    if seen is None:
+        raise ValidationError("record has none of created_at, updated_at, last_seen")
+    state = raw.get("state", "running")
+    return Session(
+        session_id=key,
+        ppid=raw.get("ppid"),
+        pid=raw.get("pid"),
+        start_time=raw.get("start_time"),
+        cwd=raw.get("cwd"),
+        label=raw.get("label"),
+        notify=raw.get("notify", False),
+        transport=_legacy_transport(raw.get("transport")),
+        state="running" if state == "active" else state,
+        created_at=_first(created, updated, seen),
+        updated_at=_first(updated, seen, created),
+        last_seen=seen,
+        expires_at=expires if expires is not None else add_ttl(seen, session_ttl),
+    )
+
+
+def session_to_legacy(session: Session) -> dict[str, Any]:
+    """The record the legacy daemon writes: epoch-ms numbers, flat transport, no None keys."""
+    record: dict[str, Any] = {"session_id": session.session_id}
+    for name in ("ppid", "pid", "start_time", "cwd", "label"):
+        value = getattr(session, name)
+        if value is not None:
+            record[name] = value
+    record["notify"] = session.notify
+    record["transport"] = {"kind": session.transport.kind, **session.transport.details}
+    record["state"] = session.state
+    record["created_at"] = to_ms(session.created_at)
+    record["updated_at"] = to_ms(session.updated_at)
+    record["last_seen"] = to_ms(session.last_seen)
+    record["expires_at"] = to_ms(session.expires_at)
+    return record
+
+
+_NUMERIC = re.compile(r"-?[0-9]{1,19}")
+
+
+def _legacy_chat_id(value: object) -> int:
+    if isinstance(value, str):
+        if not _NUMERIC.fullmatch(value):
+            raise ValidationError(f"chat_id {value!r} is not a number")
+        return check_chat_id(int(value))
+    return check_chat_id(value)
+
+
+def token_from_legacy(key: str, raw: object, *, token_ttl: timedelta) -> Token:
+    """Read one token record of either legacy shape (string or numeric ``chat_id``)."""
+    if not isinstance(raw, dict):
+        raise ValidationError(f"record is {_json_type(raw)}, not an object")
+    inner = raw.get("token", key)
+    if inner != key:
+        raise ValidationError("key differs from the token inside the record")
+    if "session_id" not in raw:
+        raise ValidationError("record has no session_id")
+    created = _legacy_time("created_at", raw.get("created_at"))
+    expires = _legacy_time("expires_at", raw.get("expires_at"))
+    if created is None and expires is None:
+        raise ValidationError("record has neither created_at nor expires_at")
+    if created is None:
+        assert expires is not None
+        created = expires - token_ttl if expires - EPOCH >= token_ttl else expires
+    return Token(
+        token=key,
+        session_id=raw["session_id"],
+        chat_id=_legacy_chat_id(raw.get("chat_id")),
+        scopes=raw.get("scopes", DEFAULT_SCOPES),
+        context=raw.get("context") or {},
+        created_at=created,
+        expires_at=expires if expires is not None else add_ttl(created, token_ttl),
+    )
+
+
+def token_to_legacy(token: Token) -> dict[str, Any]:
+    """The record the legacy daemon writes (``chat_id`` as a string)."""
+    return {
+        "token": token.token,
+        "session_id": token.session_id,
+        "chat_id": str(token.chat_id),
+        "created_at": to_ms(token.created_at),
+        "expires_at": to_ms(token.expires_at),
+        "scopes": list(token.scopes),
+        "context": token.context.to_dict(),
+    }

@@ -1,0 +1,242 @@
+"""The storage contract: every backend implements these protocols exactly as written here.
+
+Each sentence of a docstring is one guarantee, and ``tests/contract/`` tests each one against
+every backend. Shared definitions:
+
+* ``now`` is the store's clock (``open_store(..., clock=...)``), read once per call.
+* A record is *live* while ``now < expires_at``; at ``now == expires_at`` it has expired.
+* A session is *active* while it is live and its state is ``"running"``.
+* Every list of sessions is ordered by ``last_seen`` descending, then ``session_id`` ascending.
+* Every error raised is a :class:`~registry.errors.RegistryError`; bad arguments raise
+  :class:`~registry.errors.ValidationError` before anything is written, and a lock or busy timeout
+  raises :class:`~registry.errors.StoreBusy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any, Protocol, runtime_checkable
+
+from registry.models import Session, Token, Transport
+
+__all__ = ["AliveProbe", "SessionRegistry", "Store", "TokenStore"]
+
+AliveProbe = Callable[[int, "int | None"], bool]
+"""``is_alive(pid, start_time) -> bool``, as :func:`registry.liveness.is_process_alive`."""
+
+
+@runtime_checkable
+class SessionRegistry(Protocol):
+    """Live coding-agent sessions, keyed by ``session_id``."""
+
+    def register(
+        self,
+        session_id: str,
+        *,
+        ppid: int | None = None,
+        pid: int | None = None,
+        start_time: int | None = None,
+        cwd: str | None = None,
+        label: str | None = None,
+        notify: bool | None = None,
+        transport: Transport | None = None,
+        state: str | None = None,
+    ) -> Session:
+        """Insert or update a session and return it as stored.
+
+        An argument left ``None`` keeps the stored value, or for a new session takes the
+        default (``notify`` False, transport ``unknown``, state ``running``, other fields None).
+        ``created_at`` is set on insert and kept on every later register.
+        ``updated_at`` and ``last_seen`` become ``now``; ``expires_at`` becomes
+        ``now + session_ttl``.
+        A re-register never drops the session's tokens.
+        :raises ValidationError: if an argument is invalid; nothing is written.
+        """
+        ...
+
+    def get(self, session_id: str) -> Session | None:
+        """The session with that id, expired or not, or None if there is none."""
+        ...
+
+    def get_by_ppid(self, ppid: int) -> Session | None:
+        """Among active sessions with that ``ppid``, the one with the greatest ``last_seen``.
+
+        Ties go to the smallest ``session_id``; None if there is no such session.
+        """
+        ...
+
+    def get_notify_sessions(self) -> list[Session]:
+        """Active sessions whose ``notify`` is true, in list order."""
+        ...
+
+    def list_sessions(
+        self, *, active_only: bool = False, notify_only: bool = False
+    ) -> list[Session]:
+        """All sessions (expired ones too, until cleaned), in list order.
+
+        ``active_only`` keeps active sessions; ``notify_only`` keeps those with ``notify`` true.
+        """
+        ...
+
+    def update(self, session_id: str, **changes: Any) -> Session:
+        """Set exactly the given fields and ``updated_at = now``; return the session as stored.
+
+        Settable fields: ``ppid, pid, start_time, cwd, label, notify, transport, state``; a value
+        of None clears a nullable field. ``last_seen`` and ``expires_at`` are left alone.
+        :raises ValidationError: for an unknown field or an invalid value; nothing is written.
+        :raises SessionNotFound: if there is no session with that id.
+        """
+        ...
+
+    def touch(self, session_id: str) -> Session:
+        """Heartbeat: ``last_seen = now`` and ``expires_at = now + session_ttl``.
+
+        :raises SessionNotFound: if there is no session with that id.
+        """
+        ...
+
+    def remove(self, session_id: str) -> bool:
+        """Remove the session and all its tokens; True if it existed."""
+        ...
+
+    def cleanup_expired_sessions(self) -> list[str]:
+        """Remove every expired session (any state) with its tokens; return their ids sorted."""
+        ...
+
+    def cleanup_dead_sessions(self, is_alive: AliveProbe | None = None) -> list[str]:
+        """Remove running sessions whose parent process is gone; return their ids sorted.
+
+        Every running session with a ``ppid`` is probed with ``is_alive(ppid, start_time)``
+        (default :func:`registry.liveness.is_process_alive`); stopped sessions and sessions
+        without a ``ppid`` are never probed.
+        The probes run outside any lock or transaction, so a probe may be slow or use the store.
+        A session found dead is removed, with its tokens, only if its record is unchanged since
+        it was read for the probe: one re-registered, touched or updated meanwhile is kept.
+        """
+        ...
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Short-lived tokens that bind a Telegram chat to one session."""
+
+    def mint_token(
+        self,
+        session_id: str,
+        chat_id: int,
+        *,
+        ttl: timedelta | None = None,
+        scopes: tuple[str, ...] | list[str] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Token:
+        """Create, store and return a new random token for the session.
+
+        The value comes from :mod:`secrets`: 128 random bits, URL-safe base64 (22 characters).
+        ``ttl`` defaults to the configured token TTL; ``scopes`` to ``("send_cmd",)``;
+        ``context`` to an empty mapping.
+        :raises SessionNotFound: if there is no session with that id.
+        :raises ValidationError: for a negative ttl or another invalid argument.
+        """
+        ...
+
+    def store_token(
+        self,
+        token: str,
+        session_id: str,
+        chat_id: int,
+        *,
+        ttl: timedelta | None = None,
+        scopes: tuple[str, ...] | list[str] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Token:
+        """Store a given token value (an upsert by value) and return it.
+
+        ``created_at`` becomes ``now`` and ``expires_at`` ``now + ttl``, also on overwrite.
+        :raises SessionNotFound: if there is no session with that id.
+        :raises ValidationError: for a negative ttl or another invalid argument.
+        """
+        ...
+
+    def get_session_by_token(self, token: str) -> Session | None:
+        """The session of a live token.
+
+        None if the token is unknown or expired or its session is gone; only the token needs to
+        be live (its session may be past its own expiry).
+        """
+        ...
+
+    def validate_token(self, token: str, chat_id: int) -> Token:
+        """The token, if it is known, live and issued to ``chat_id``; reads never delete.
+
+        :raises TokenNotFound: if no such token exists (checked first).
+        :raises TokenExpired: if it has expired (checked second).
+        :raises ChatMismatch: if it belongs to another chat (checked last).
+        """
+        ...
+
+    def revoke_token(self, token: str) -> bool:
+        """Delete the token; True if it existed."""
+        ...
+
+    def tokens_for_session(self, session_id: str) -> list[Token]:
+        """The session's tokens ordered by ``created_at``, then token value.
+
+        Expired tokens are included until cleaned; an unknown session gives ``[]``.
+        """
+        ...
+
+    def cleanup_expired_tokens(self) -> int:
+        """Delete every expired token; return how many were deleted."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What :func:`registry.open_store` returns: both halves over one set of data."""
+
+    @property
+    def sessions(self) -> SessionRegistry:
+        """The session registry."""
+        ...
+
+    @property
+    def tokens(self) -> TokenStore:
+        """The token store."""
+        ...
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``"json"``, ``"sqlite"`` or ``"dual"``."""
+        ...
+
+    @property
+    def session_ttl(self) -> timedelta:
+        """How long a register or touch keeps a session live."""
+        ...
+
+    @property
+    def token_ttl(self) -> timedelta:
+        """The default lifetime of a token."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A unit of work: everything inside commits together or not at all.
+
+        The unit is isolated from other threads and processes: none of them sees part of it.
+        Nested ``atomic()`` blocks are savepoints: an exception leaving an inner block undoes
+        only that block's changes; an exception leaving the outermost block undoes everything.
+        The exception itself propagates.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections and locks; closing twice is harmless, using it afterwards is not."""
+        ...
+
+    def __enter__(self) -> Store: ...
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the store."""
+        ...

@@ -229,6 +229,7 @@ class JsonStore(BaseStore):
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
             cached = self._cache.get(name)
             if cached is not None and cached[0] == key:
+                os.close(fd)
                 return key, cached[2]
             raw = b""
             while chunk := os.read(fd, max(st.st_size - len(raw), 0) + 65536):

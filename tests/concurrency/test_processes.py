@@ -1,0 +1,188 @@
+"""Real processes racing on one store, released together by a barrier, and killed mid-write."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry import Store, StoreBusy, open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Worker:
+    def __init__(self, mode: str, config: dict[str, Any], worker: str, count: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.helpers.worker", mode, json.dumps(config), worker, str(count)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.acked: list[int] = []
+
+    def expect(self, line: str) -> None:
+        assert self.proc.stdout is not None
+        got = self.proc.stdout.readline().strip()
+        if got != line:
+            raise AssertionError(f"worker said {got!r}, expected {line!r}: {self.stderr()}")
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def read_ack(self) -> bool:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line.startswith("ack "):
+            self.acked.append(int(line.split()[1]))
+            return True
+        return False
+
+    def finish(self, timeout: float = 120) -> None:
+        out, err = self.proc.communicate(timeout=timeout)
+        for line in out.splitlines():
+            if line.startswith("ack "):
+                self.acked.append(int(line.split()[1]))
+        assert self.proc.returncode == 0, err
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        out, _ = self.proc.communicate(timeout=30)
+        for line in out.splitlines():
+            if line.startswith("ack "):
+                self.acked.append(int(line.split()[1]))
+
+    def stderr(self) -> str:
+        self.proc.kill()
+        return self.proc.communicate()[1]
+
+
+def start_together(workers: list[Worker]) -> None:
+    """The barrier: every worker has opened its store before any is released."""
+    for worker in workers:
+        worker.expect("ready")
+    for worker in workers:
+        worker.release()
+
+
+@pytest.fixture
+def config(store_config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield {**store_config, "lock_timeout_s": 60}
+
+
+def test_parallel_registers_lose_nothing(config: dict[str, Any]) -> None:
+    workers = [Worker("register", config, str(n), 40) for n in range(12)]
+    start_together(workers)
+    for worker in workers:
+        worker.finish()
+    with open_store(config) as store:
+        ids = {s.session_id for s in store.sessions.list_sessions()}
+    assert ids == {f"w{n}-{i}" for n in range(12) for i in range(40)}
+
+
+def test_atomic_read_modify_write_increments_are_serialised(config: dict[str, Any]) -> None:
+    with open_store(config) as store:
+        store.sessions.register("counter", label="0")
+    workers = [Worker("increment", config, str(n), 25) for n in range(8)]
+    start_together(workers)
+    for worker in workers:
+        worker.finish()
+    with open_store(config) as store:
+        counter = store.sessions.get("counter")
+    assert counter is not None and counter.label == "200"
+
+
+def _check_after_crash(store: Store, acked: list[int]) -> None:
+    sessions = {s.session_id for s in store.sessions.list_sessions()}
+    units = {sid for sid in sessions if sid.startswith("u")}
+    for i in acked:
+        assert f"u0-{i}" in sessions, f"acknowledged unit {i} was lost"
+        assert f"p0-{i}" in sessions, f"acknowledged register {i} was lost"
+    for sid in units:
+        # All-or-nothing: a unit's session never survives without the token stored with it.
+        tokens = store.tokens.tokens_for_session(sid)
+        assert [t.token for t in tokens] == ["t" + sid[1:]], f"half of unit {sid} survived"
+
+
+def test_writer_killed_at_random_moments_loses_no_acknowledged_write(
+    config: dict[str, Any],
+) -> None:
+    rng = random.Random(20261127)
+    acked: list[int] = []
+    for _round in range(20):
+        worker = Worker("unit-writer", config, "0", 0)
+        start_together([worker])
+        for _ in range(rng.randrange(0, 6)):
+            if not worker.read_ack():
+                break
+        time.sleep(rng.uniform(0, 0.01))  # jitter: land the kill at a random point in a write
+        worker.kill()
+        acked = worker.acked
+        started = time.monotonic()
+        with open_store({**config, "lock_timeout_s": 5}) as store:
+            _check_after_crash(store, acked)
+            # The next writer gets the lock promptly: no stale lock survives the killed writer.
+            store.sessions.register("after-crash")
+            assert store.sessions.remove("after-crash")
+            # Start the next round from an empty store, as its writer numbers from 0 again.
+            for session in store.sessions.list_sessions():
+                store.sessions.remove(session.session_id)
+        assert time.monotonic() - started < 30
+
+
+def test_busy_store_raises_store_busy_instead_of_hanging(config: dict[str, Any]) -> None:
+    holder = Worker("hold", config, "0", 0)
+    start_together([holder])
+    holder.expect("holding")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreBusy):
+            store = open_store({**config, "lock_timeout_s": 0.5})
+            try:
+                store.sessions.register("blocked")
+            finally:
+                store.close()
+        assert time.monotonic() - started < 10
+    finally:
+        holder.release()
+        holder.finish()
+    with open_store({**config, "lock_timeout_s": 5}) as store:
+        assert store.sessions.get("holder-0") is not None
+        assert store.sessions.get("blocked") is None
+        store.sessions.register("now-free")
+
+
+def test_forked_child_uses_its_own_connection(config: dict[str, Any]) -> None:
+    with open_store(config) as store:
+        store.sessions.register("parent")
+        pid = os.fork()
+        if pid == 0:  # the child: work through the inherited store object, then leave
+            code = 1
+            try:
+                store.sessions.register("child")
+                code = 0 if store.sessions.get("parent") is not None else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.sessions.get("child") is not None
+        store.sessions.register("parent-again")
+    with open_store(config) as store:
+        assert {s.session_id for s in store.sessions.list_sessions()} == {
+            "parent",
+            "child",
+            "parent-again",
+        }

@@ -1,0 +1,112 @@
+"""Fixtures shared by every test: one ``store`` parametrised over every backend, and a fake clock.
+
+A backend added to ``BACKENDS`` gets the whole contract and property suites with no other change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from registry import Store, open_store
+
+# Hypothesis: a fixed example budget and no deadline in CI (a loaded 2-core runner must not turn
+# a slow fsync into a failure); a heavier profile for local soak runs.
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=60, stateful_step_count=40, deadline=None)
+settings.register_profile(
+    "soak",
+    max_examples=1000,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+EPOCH_START = datetime(2026, 2, 9, 1, 20, tzinfo=UTC)
+
+# Every backend the suites run against: the [store] table that opens it (data_dir is added per
+# test), and the files that hold its data (for corruption and "nothing written" checks).
+BACKENDS: dict[str, dict[str, Any]] = {
+    "json": {"config": {"backend": "json"}},
+    "sqlite": {"config": {"backend": "sqlite"}},
+}
+
+
+class FakeClock:
+    """A clock that moves only when a test moves it."""
+
+    def __init__(self, start: datetime = EPOCH_START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        self.now += delta if delta is not None else timedelta(**kwargs)
+        return self.now
+
+
+def data_files(data_dir: Path) -> dict[str, bytes]:
+    """Every file that holds data in ``data_dir`` (not lock files or SQLite's shared memory)."""
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(data_dir.iterdir())
+        if path.is_file() and not path.name.endswith(("-shm", ".lock"))
+    }
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def store_config(backend_name: str, data_dir: Path) -> dict[str, Any]:
+    return {**BACKENDS[backend_name]["config"], "data_dir": str(data_dir)}
+
+
+OpenStore = Callable[..., Store]
+
+
+@pytest.fixture
+def open_(store_config: dict[str, Any], clock: FakeClock) -> Iterator[OpenStore]:
+    """Open (or reopen) a store on this test's data; every store opened is closed afterwards."""
+    opened: list[Store] = []
+
+    def _open(**overrides: Any) -> Store:
+        store = open_store({**store_config, **overrides}, clock=clock)
+        opened.append(store)
+        return store
+
+    yield _open
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_: OpenStore) -> Store:
+    return open_()

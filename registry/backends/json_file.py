@@ -53,8 +53,8 @@ _FileKey = tuple[int, int, int]
 
 
 def dumps_legacy(document: dict[str, Any]) -> bytes:
-    """Serialise a document the way the legacy daemon does (two-space indent, raw UTF-8)."""
-    return json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+    """Serialise as the legacy daemon does: two-space indent, raw UTF-8, a final newline."""
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def write_atomically(path: Path, data: bytes) -> None:

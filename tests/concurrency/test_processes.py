@@ -23,7 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 class Worker:
     def __init__(self, mode: str, config: dict[str, Any], worker: str, count: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.worker", mode, json.dumps(config), worker, str(count)],
+            [
+                sys.executable,
+                "-m",
+                "tests.helpers.worker",
+                mode,
+                json.dumps(config),
+                worker,
+                str(count),
+            ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

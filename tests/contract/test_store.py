@@ -142,7 +142,9 @@ def test_hostile_strings_survive_close_and_reopen(open_: OpenStore, text: str) -
     reopened = open_()
     assert reopened.sessions.get(text) == session
     assert reopened.tokens.validate_token(text, -(2**63)) == token
-    assert sorted(s.session_id for s in reopened.sessions.list_sessions()) == sorted([text, "plain"])
+    assert sorted(s.session_id for s in reopened.sessions.list_sessions()) == sorted(
+        [text, "plain"]
+    )
     assert reopened.sessions.get("plain") == other
     # A LIKE-style wildcard in an id never matches another id.
     assert reopened.sessions.get("%") is None and reopened.sessions.get("_") is None
@@ -193,9 +195,7 @@ def _corrupt(path: Path) -> bytes:
     return garbage
 
 
-def test_corrupt_data_file_is_refused_and_left_untouched(
-    open_: OpenStore, data_dir: Path
-) -> None:
+def test_corrupt_data_file_is_refused_and_left_untouched(open_: OpenStore, data_dir: Path) -> None:
     store = open_()
     store.sessions.register("s1")
     store.tokens.mint_token("s1", 1)

@@ -28,11 +28,17 @@ def _cases() -> list[tuple[str, Callable[[Store], object]]]:
         add(f"store-token-{i}", lambda s, bad=bad: s.tokens.store_token(bad, "s1", 1))
     for field in ("ppid", "pid"):
         for i, bad in enumerate(BAD_PIDS):
-            add(f"register-{field}-{i}", lambda s, f=field, b=bad: s.sessions.register("n", **{f: b}))
+            add(
+                f"register-{field}-{i}",
+                lambda s, f=field, b=bad: s.sessions.register("n", **{f: b}),
+            )
             add(f"update-{field}-{i}", lambda s, f=field, b=bad: s.sessions.update("s1", **{f: b}))
     for field in ("cwd", "label"):
         for i, bad in enumerate(BAD_TEXT):
-            add(f"register-{field}-{i}", lambda s, f=field, b=bad: s.sessions.register("n", **{f: b}))
+            add(
+                f"register-{field}-{i}",
+                lambda s, f=field, b=bad: s.sessions.register("n", **{f: b}),
+            )
     add("start-time-negative", lambda s: s.sessions.register("n", start_time=-1))
     add("start-time-float", lambda s: s.sessions.register("n", start_time=1.5))
     add("notify-int", lambda s: s.sessions.register("n", notify=1))

@@ -15,7 +15,12 @@ from registry import open_store
 
 
 def main() -> None:
-    mode, config, worker, count = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    mode, config, worker, count = (
+        sys.argv[1],
+        json.loads(sys.argv[2]),
+        sys.argv[3],
+        int(sys.argv[4]),
+    )
     store = open_store(config)
     print("ready", flush=True)
     sys.stdin.readline()

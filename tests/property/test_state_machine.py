@@ -165,9 +165,7 @@ class Model:
         self._drop(ids)
         return sorted(ids)
 
-    def store_token(
-        self, value: str, sid: str, chat_id: int, ttl: timedelta | None
-    ) -> Token:
+    def store_token(self, value: str, sid: str, chat_id: int, ttl: timedelta | None) -> Token:
         token = Token(
             token=value,
             session_id=sid,
@@ -218,7 +216,9 @@ class Model:
         )
 
     def get_by_ppid(self, ppid: int) -> Session | None:
-        found = self.ordered([s for s in self.sessions.values() if s.ppid == ppid and self.active(s)])
+        found = self.ordered(
+            [s for s in self.sessions.values() if s.ppid == ppid and self.active(s)]
+        )
         return found[0] if found else None
 
 
@@ -274,7 +274,9 @@ class StoresAgree(RuleBasedStateMachine):
                 got: Any = getattr(part, op)(*args, **kwargs)
             except RegistryError as exc:
                 got = type(exc)
-            assert got == expected, f"{name} disagrees on {op}{args}{kwargs}: {got!r} != {expected!r}"
+            assert got == expected, (
+                f"{name} disagrees on {op}{args}{kwargs}: {got!r} != {expected!r}"
+            )
         return expected
 
     # ----------------------------------------------------------------- rules

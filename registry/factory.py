@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from registry.backends._base import Clock
+from registry.backends._base import BaseStore, Clock
 from registry.config import BACKEND_NAMES, StoreConfig
 from registry.errors import ConfigError
 from registry.protocols import Store
@@ -20,7 +20,7 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def _open_json(config: StoreConfig, clock: Clock) -> Store:
+def _open_json(config: StoreConfig, clock: Clock) -> BaseStore:
     from registry.backends.json_file import JsonStore
 
     return JsonStore(
@@ -32,8 +32,19 @@ def _open_json(config: StoreConfig, clock: Clock) -> Store:
     )
 
 
-def _open_sqlite(config: StoreConfig, clock: Clock) -> Store:
+def _open_sqlite(config: StoreConfig, clock: Clock) -> BaseStore:
     from registry.backends.sqlite import SqliteStore
+
+    if config.migrate_from_json and not config.db_path.exists():
+        from registry.migrate import import_on_first_start
+
+        import_on_first_start(
+            config.data_dir,
+            config.db_path,
+            session_ttl=config.session_ttl,
+            token_ttl=config.token_ttl,
+            lock_timeout_s=max(config.lock_timeout_s, 60),
+        )
 
     return SqliteStore(
         config.db_path,
@@ -44,10 +55,31 @@ def _open_sqlite(config: StoreConfig, clock: Clock) -> Store:
     )
 
 
+def _open_dual(config: StoreConfig, clock: Clock) -> BaseStore:
+    from registry.backends.dual import DualStore
+
+    primary = BACKENDS[config.dual.primary](config, clock)
+    try:
+        secondary = BACKENDS[config.dual.secondary](config, clock)
+    except BaseException:
+        primary.close()
+        raise
+    return DualStore(
+        primary,
+        secondary,
+        compare_reads=config.dual.compare_reads,
+        strict=config.dual.strict,
+        clock=clock,
+        session_ttl=config.session_ttl,
+        token_ttl=config.token_ttl,
+    )
+
+
 # Backends are imported when opened, so a hook that uses one never imports the other.
-BACKENDS: dict[str, Callable[[StoreConfig, Clock], Store]] = {
+BACKENDS: dict[str, Callable[[StoreConfig, Clock], BaseStore]] = {
     "json": _open_json,
     "sqlite": _open_sqlite,
+    "dual": _open_dual,
 }
 
 

@@ -11,6 +11,7 @@ integer epoch milliseconds. ``start_time`` stays integer epoch seconds (the lega
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -30,11 +31,13 @@ __all__ = [
     "Session",
     "Token",
     "Transport",
+    "differing_fields",
     "from_ms",
     "session_from_legacy",
     "session_to_legacy",
     "to_ms",
     "token_from_legacy",
+    "token_hint",
     "token_to_legacy",
     "unwrap_sessions_document",
 ]
@@ -320,6 +323,16 @@ class Token:
     def is_live(self, now: datetime) -> bool:
         """True while ``now < expires_at``."""
         return now < self.expires_at
+
+
+def token_hint(token: str) -> str:
+    """A short, stable stand-in for a token in logs and reports (never the value itself)."""
+    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
+
+
+def differing_fields(a: Session | Token, b: Session | Token) -> list[str]:
+    """Names of the fields in which two records of one kind differ, in model order."""
+    return [f.name for f in attrs.fields(type(a)) if getattr(a, f.name) != getattr(b, f.name)]
 
 
 # Fields ``SessionRegistry.update`` may set, in model order.

@@ -38,11 +38,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 EPOCH_START = datetime(2026, 2, 9, 1, 20, tzinfo=UTC)
 
-# Every backend the suites run against: the [store] table that opens it (data_dir is added per
-# test), and the files that hold its data (for corruption and "nothing written" checks).
+# Every backend the suites run against, by the [store] table that opens it (data_dir is added
+# per test). The dual backend runs both ways round.
 BACKENDS: dict[str, dict[str, Any]] = {
     "json": {"config": {"backend": "json"}},
     "sqlite": {"config": {"backend": "sqlite"}},
+    "dual-json-sqlite": {
+        "config": {"backend": "dual", "dual": {"primary": "json", "secondary": "sqlite"}}
+    },
+    "dual-sqlite-json": {
+        "config": {"backend": "dual", "dual": {"primary": "sqlite", "secondary": "json"}}
+    },
 }
 
 

@@ -75,7 +75,7 @@ class BaseStore(ABC):
 
     @abstractmethod
     def _delete_sessions(self, session_ids: list[str]) -> None:
-        """Delete these sessions, which exist, and all their tokens."""
+        """Delete these sessions and all their tokens; ids that do not exist are ignored."""
 
     @abstractmethod
     def _select(

@@ -362,6 +362,17 @@ class JsonStore(BaseStore):
                 self._forget(name)
             self._loaded = None
 
+    # ----------------------------------------------------------------- whole-store operations
+
+    def replace_contents(self, sessions: list[Session], tokens: list[Token]) -> None:
+        """Make both files hold exactly these records, as one all-or-nothing unit (the export)."""
+        with self._writing(savepoint=False):
+            # Both files are written even when unchanged: an export must leave both behind.
+            state = self._state()
+            state.sessions = {s.session_id: s for s in sessions}
+            state.tokens = {t.token: t for t in tokens}
+            state.sessions_changed = state.tokens_changed = True
+
     # ----------------------------------------------------------------- primitives
 
     def _get(self, session_id: str) -> Session | None:
@@ -377,8 +388,8 @@ class JsonStore(BaseStore):
         state = self._state()
         doomed = set(session_ids)
         for session_id in doomed:
-            del state.sessions[session_id]
-        state.sessions_changed = True
+            if state.sessions.pop(session_id, None) is not None:
+                state.sessions_changed = True
         kept = {k: t for k, t in state.tokens.items() if t.session_id not in doomed}
         if len(kept) != len(state.tokens):
             state.tokens = kept

@@ -409,6 +409,58 @@ class SqliteStore(BaseStore):
         )
         return None if row is None else _session_from_row(row)
 
+    # ----------------------------------------------------------------- whole-store operations
+
+    def snapshot(self) -> tuple[list[Session], list[Token]]:
+        """Every session and token, read in one transaction (WAL contents included).
+
+        Records come in insertion order (rowid), as the legacy files keep them: an import then
+        export round trip reproduces the files' order.
+        """
+        self._check_open()
+        conn = self._conn()
+        with translated(self.path):
+            conn.execute("BEGIN")
+            try:
+                sessions = [
+                    _session_from_row(row)
+                    for row in conn.execute(
+                        f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY rowid"
+                    )
+                ]
+                tokens = [
+                    _token_from_row(row)
+                    for row in conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY rowid")
+                ]
+            finally:
+                conn.execute("COMMIT")
+        return sessions, tokens
+
+    def load(self, sessions: list[Session], tokens: list[Token], meta: dict[str, str]) -> None:
+        """Insert records and meta entries in one transaction (the import's bulk path)."""
+        with self._transaction(savepoint=False):
+            conn = self._conn()
+            conn.executemany(_UPSERT_SESSION, [_session_row(s) for s in sessions])
+            conn.executemany(_UPSERT_TOKEN, [_token_row(t) for t in tokens])
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                sorted(meta.items()),
+            )
+
+    def read_meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table (for example the import report), or None."""
+        self._check_open()
+        with translated(self.path):
+            row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def checkpoint(self) -> None:
+        """Move the WAL's contents into the database file and truncate the WAL."""
+        self._check_open()
+        with translated(self.path):
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # ----------------------------------------------------------------- queries for tools
 
     def query_plan(self, sql: str, params: tuple[Any, ...] = ()) -> list[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from registry import ConfigError, StoreConfig, open_store
+from registry.config import BACKEND_NAMES
+from registry.factory import BACKENDS
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +127,7 @@ def test_one_line_switch_selects_the_backend(tmp_path: Path) -> None:
         file.write_text(f'[store]\nbackend = "{name}"\ndata_dir = "data-{name}"\n')
         with open_store(file) as store:
             assert store.backend == name
+
+
+def test_every_configurable_backend_can_be_opened() -> None:
+    assert set(BACKENDS) == set(BACKEND_NAMES)

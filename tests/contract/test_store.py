@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,8 +92,8 @@ def test_store_is_usable_after_a_failed_unit(store: Store) -> None:
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_store_reports_its_backend_and_ttls(store: Store, backend_name: str) -> None:
-    assert store.backend == backend_name
+def test_store_reports_its_backend_and_ttls(store: Store, store_config: dict[str, Any]) -> None:
+    assert store.backend == store_config["backend"]
     assert store.session_ttl == timedelta(hours=24)
     assert store.token_ttl == timedelta(hours=24)
     assert store.sessions is not None and store.tokens is not None

@@ -12,6 +12,7 @@ import json
 import sys
 
 from registry import open_store
+from registry.migrate import stored_report
 
 
 def main() -> None:
@@ -21,6 +22,17 @@ def main() -> None:
         sys.argv[3],
         int(sys.argv[4]),
     )
+    if mode == "first-start":
+        # The store is opened after the barrier: opening is what this mode races on.
+        print("ready", flush=True)
+        sys.stdin.readline()
+        with open_store(config) as store:
+            sessions = store.sessions.list_sessions()
+            tokens = sum(len(store.tokens.tokens_for_session(s.session_id)) for s in sessions)
+        report = stored_report(config["data_dir"] + "/ccr.db")
+        print(f"counts {len(sessions)} {tokens} {report.imported_at if report else None}")
+        print("done", flush=True)
+        return
     store = open_store(config)
     print("ready", flush=True)
     sys.stdin.readline()

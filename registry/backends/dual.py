@@ -1,0 +1,296 @@
+"""The dual backend: every write to a primary and then to a secondary, for a cutover (SPEC 4, 6).
+
+Authority: the **primary** is the store of record. Every read is answered by the primary; every
+write is applied to the primary first and then, as the same record-level change, to the
+secondary. With ``compare_reads`` each read also asks the secondary and counts and logs any
+difference (``mismatches``). A secondary failure is counted (``secondary_failures``) and logged,
+and the write still succeeds on the primary, unless ``strict``, in which case it raises.
+
+Why this composes at the level of the storage primitives rather than the public methods: every
+public method of both protocols is implemented once, in :class:`BaseStore`, over the abstract
+primitives; this class must implement each primitive explicitly (the ABC refuses to instantiate
+otherwise), so no write path can reach one side only, and the secondary receives exactly the
+record the primary stored: same timestamps, same random token value.
+
+``atomic()`` opens a unit on both sides (primary first). Inside it, the secondary's unit mirrors
+the primary's. On success the primary commits first, then the secondary. What is guaranteed:
+
+* the primary alone is all-or-nothing and isolated, exactly as on its own;
+* the secondary never holds part of a unit: if any of its writes fails, its whole unit is rolled
+  back (and counted), and an exception in the unit rolls both back;
+* not guaranteed: both or neither. A crash, or a secondary commit failure, between the primary's
+  commit and the secondary's leaves the secondary without that unit. ``ccr-registry verify``
+  (``registry.migrate.diff_stores``) shows such drift; the cutover guide says how to resync.
+
+Logs and mismatch reports name session ids and field names, never a raw token (a short hash).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from registry.backends._base import BaseStore, Clock
+from registry.errors import RegistryError
+from registry.models import Session, Token, differing_fields, token_hint
+
+log = logging.getLogger("registry.dual")
+
+T = TypeVar("T")
+
+
+class _Abort(Exception):
+    """Thrown into the secondary's unit to roll it back."""
+
+
+class _Local(threading.local):
+    depth = 0  # how deep this thread is in write units
+    broken = False  # the secondary failed inside the open unit: roll it back at the end
+    compare = False  # the open read scope also reads the secondary
+
+
+def _describe(primary: Any, secondary: Any) -> str:
+    """What differs, by ids and field names only."""
+    if primary is None or secondary is None:
+        side = "secondary" if secondary is None else "primary"
+        return f"missing on the {side}"
+    if isinstance(primary, Session | Token) and isinstance(secondary, type(primary)):
+        return "fields " + ", ".join(differing_fields(primary, secondary))
+    if isinstance(primary, list) and isinstance(secondary, list):
+        keys_p = [_key(item) for item in primary]
+        keys_s = [_key(item) for item in secondary]
+        if keys_p != keys_s:
+            return f"primary has {keys_p}, secondary has {keys_s}"
+        changed = [_key(p) for p, s in zip(primary, secondary, strict=True) if p != s]
+        return f"records {changed} differ"
+    return "values differ"
+
+
+def _key(record: Any) -> str:
+    if isinstance(record, Token):
+        return token_hint(record.token)
+    if isinstance(record, Session):
+        return record.session_id
+    return str(record)
+
+
+class DualStore(BaseStore):
+    """A primary and a secondary store kept in step; see the module docstring for guarantees."""
+
+    backend = "dual"
+
+    def __init__(
+        self,
+        primary: BaseStore,
+        secondary: BaseStore,
+        *,
+        compare_reads: bool,
+        strict: bool,
+        clock: Clock,
+        session_ttl: timedelta,
+        token_ttl: timedelta,
+    ) -> None:
+        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl)
+        self.primary = primary
+        self.secondary = secondary
+        self.compare_reads = compare_reads
+        self.strict = strict
+        self.mismatches = 0
+        self.secondary_failures = 0
+        self._counter_lock = threading.Lock()
+        self._local = _Local()
+
+    # ----------------------------------------------------------------- failure accounting
+
+    def _secondary_failed(self, action: str, exc: BaseException) -> None:
+        with self._counter_lock:
+            self.secondary_failures += 1
+        log.warning(
+            "dual: secondary %s failed during %s: %s: %s",
+            self.secondary.backend,
+            action,
+            type(exc).__name__,
+            exc,
+        )
+        if self.strict:
+            if isinstance(exc, RegistryError):
+                raise exc
+            raise RegistryError(f"secondary {self.secondary.backend} failed: {exc}") from exc
+
+    def _enter(self, factory: Callable[[], AbstractContextManager[None]], action: str) -> Any:
+        """Enter a scope on the secondary; None (counted) if it fails."""
+        try:
+            scope = factory()
+            scope.__enter__()
+        except Exception as exc:
+            self._secondary_failed(action, exc)
+            return None
+        return scope
+
+    def _leave(self, scope: Any, action: str, *, abort: bool) -> None:
+        """Leave a secondary scope: commit, or roll back when ``abort``."""
+        try:
+            if abort:
+                error = _Abort()
+                scope.__exit__(_Abort, error, None)
+            else:
+                scope.__exit__(None, None, None)
+        except _Abort:
+            pass
+        except Exception as exc:
+            self._secondary_failed(action, exc)
+
+    def _mirror(self, action: Callable[[], object]) -> None:
+        """Apply a write to the secondary unless it already failed in this unit."""
+        local = self._local
+        if local.broken:
+            return
+        try:
+            action()
+        except Exception as exc:
+            local.broken = True
+            self._secondary_failed("write", exc)
+
+    def _compare(self, what: str, key: str, primary: T, read_secondary: Callable[[], T]) -> T:
+        if self._local.compare:
+            try:
+                secondary = read_secondary()
+            except Exception as exc:
+                self._secondary_failed("read", exc)
+            else:
+                if secondary != primary:
+                    with self._counter_lock:
+                        self.mismatches += 1
+                    log.warning(
+                        "dual: secondary disagrees on %s %s: %s",
+                        what,
+                        key,
+                        _describe(primary, secondary),
+                    )
+        return primary
+
+    # ----------------------------------------------------------------- scopes
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        local = self._local
+        if local.depth:
+            yield  # inside this thread's unit: the primary's unit answers
+            return
+        with self.primary._reading():
+            scope = self._enter(self.secondary._reading, "read") if self.compare_reads else None
+            local.compare = scope is not None
+            try:
+                yield
+            finally:
+                local.compare = False
+                if scope is not None:
+                    self._leave(scope, "read", abort=False)
+
+    @contextmanager
+    def _writing(self, *, savepoint: bool) -> Iterator[None]:
+        local = self._local
+        primary = self.primary._writing(savepoint=savepoint)
+        primary.__enter__()
+        if local.depth == 0:
+            local.broken = False
+        secondary = None
+        if not local.broken:
+            try:
+                secondary = self._enter(
+                    lambda: self.secondary._writing(savepoint=savepoint), "begin"
+                )
+            except BaseException as exc:  # strict: the primary's unit must not stay open
+                primary.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            local.broken = secondary is None
+        local.depth += 1
+        try:
+            yield
+        except BaseException as exc:
+            local.depth -= 1
+            if secondary is not None:
+                self._leave(secondary, "rollback", abort=True)
+            if not primary.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+            return
+        local.depth -= 1
+        try:
+            primary.__exit__(None, None, None)  # the primary commits first
+        except BaseException:
+            if secondary is not None:
+                self._leave(secondary, "rollback", abort=True)
+            raise
+        if secondary is not None:
+            self._leave(secondary, "commit", abort=local.broken)
+
+    def _close(self) -> None:
+        try:
+            self.primary.close()
+        finally:
+            self.secondary.close()
+
+    # ----------------------------------------------------------------- primitives
+
+    def _get(self, session_id: str) -> Session | None:
+        found = self.primary._get(session_id)
+        return self._compare("session", session_id, found, lambda: self.secondary._get(session_id))
+
+    def _put(self, session: Session) -> None:
+        self.primary._put(session)
+        self._mirror(lambda: self.secondary._put(session))
+
+    def _delete_sessions(self, session_ids: list[str]) -> None:
+        self.primary._delete_sessions(session_ids)
+        self._mirror(lambda: self.secondary._delete_sessions(session_ids))
+
+    def _select(
+        self, now: datetime, *, active_only: bool, notify_only: bool, ppid: int | None = None
+    ) -> list[Session]:
+        def select(side: BaseStore) -> list[Session]:
+            return side._select(now, active_only=active_only, notify_only=notify_only, ppid=ppid)
+
+        what = f"list(active_only={active_only}, notify_only={notify_only}, ppid={ppid})"
+        return self._compare("sessions", what, select(self.primary), lambda: select(self.secondary))
+
+    def _expired_ids(self, now: datetime) -> list[str]:
+        return self.primary._expired_ids(now)
+
+    def _get_token(self, token: str) -> Token | None:
+        found = self.primary._get_token(token)
+        return self._compare(
+            "token", token_hint(token), found, lambda: self.secondary._get_token(token)
+        )
+
+    def _put_token(self, token: Token) -> None:
+        self.primary._put_token(token)
+        self._mirror(lambda: self.secondary._put_token(token))
+
+    def _delete_token(self, token: str) -> bool:
+        deleted = self.primary._delete_token(token)
+        self._mirror(lambda: self.secondary._delete_token(token))
+        return deleted
+
+    def _tokens_of(self, session_id: str) -> list[Token]:
+        found = self.primary._tokens_of(session_id)
+        return self._compare(
+            "tokens of", session_id, found, lambda: self.secondary._tokens_of(session_id)
+        )
+
+    def _delete_expired_tokens(self, now: datetime) -> int:
+        deleted = self.primary._delete_expired_tokens(now)
+        self._mirror(lambda: self.secondary._delete_expired_tokens(now))
+        return deleted
+
+    def _session_of_live_token(self, token: str, now: datetime) -> Session | None:
+        found = self.primary._session_of_live_token(token, now)
+        return self._compare(
+            "session of token",
+            token_hint(token),
+            found,
+            lambda: self.secondary._session_of_live_token(token, now),
+        )

@@ -1,0 +1,227 @@
+"""The dual backend: both sides written, failures counted or raised, drift reported, no tokens."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import filelock
+import pytest
+
+from registry import RegistryError, Store, StoreBusy, open_store
+from registry.backends.dual import DualStore
+from registry.migrate import diff_stores
+from tests.conftest import FakeClock
+
+SIDES = [("json", "sqlite"), ("sqlite", "json")]
+
+
+def config(data_dir: Path, primary: str, secondary: str, **dual: Any) -> dict[str, Any]:
+    return {
+        "backend": "dual",
+        "data_dir": str(data_dir),
+        "lock_timeout_s": 0.3,
+        "dual": {"primary": primary, "secondary": secondary, **dual},
+    }
+
+
+@pytest.fixture(params=SIDES, ids=["json-sqlite", "sqlite-json"])
+def sides(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def dual(tmp_path: Path, clock: FakeClock, sides: tuple[str, str]) -> Iterator[DualStore]:
+    store = open_store(config(tmp_path, *sides), clock=clock)
+    assert isinstance(store, DualStore)
+    yield store
+    store.close()
+
+
+def side(tmp_path: Path, name: str, clock: FakeClock) -> Store:
+    return open_store(
+        {"backend": name, "data_dir": str(tmp_path), "migrate_from_json": False}, clock=clock
+    )
+
+
+def exercise(store: Store, clock: FakeClock) -> None:
+    """Every writing method of both protocols, plus units."""
+    store.sessions.register("a", ppid=1, notify=True)
+    store.sessions.register("b", ppid=2, label="b")
+    store.sessions.register("c", ppid=3)
+    store.sessions.update("a", label="changed", state="stopped")
+    clock.advance(seconds=1)
+    store.sessions.touch("b")
+    minted = store.tokens.mint_token("a", 5, context={"k": "v"})
+    store.tokens.store_token("given", "b", -7, ttl=timedelta(minutes=1))
+    store.tokens.store_token("gone", "b", 1)
+    store.tokens.revoke_token("gone")
+    with store.atomic():
+        store.sessions.register("d")
+        store.tokens.mint_token("d", 1)
+        with pytest.raises(KeyError), store.atomic():
+            store.sessions.remove("d")
+            raise KeyError
+    store.sessions.remove("c")
+    clock.advance(minutes=2)
+    assert store.tokens.cleanup_expired_tokens() == 1
+    assert store.sessions.cleanup_dead_sessions(lambda pid, start: False) == ["b"]
+    clock.advance(hours=30)
+    store.sessions.register("late")
+    assert store.sessions.cleanup_expired_sessions() == ["a", "d"]
+    assert store.tokens.get_session_by_token(minted.token) is None
+
+
+def test_writes_reach_both_sides(dual: DualStore, tmp_path: Path, clock: FakeClock) -> None:
+    exercise(dual, clock)
+    assert (dual.mismatches, dual.secondary_failures) == (0, 0)
+    dual.sessions.register("after", notify=True)
+    dual.tokens.mint_token("after", 3)
+    dual.close()
+    with side(tmp_path, "json", clock) as js, side(tmp_path, "sqlite", clock) as sq:
+        assert diff_stores(js, sq) == []
+        assert {s.session_id for s in sq.sessions.list_sessions()} == {"late", "after"}
+
+
+def test_reads_compare_and_report_a_drifted_secondary(
+    dual: DualStore, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    dual.sessions.register("s1", label="same")
+    token = dual.tokens.mint_token("s1", 9)
+    with side(tmp_path, dual.secondary.backend, clock) as secondary:
+        secondary.sessions.update("s1", label="drifted")
+        secondary.tokens.revoke_token(token.token)
+    caplog.set_level(logging.WARNING, logger="registry.dual")
+    found = dual.sessions.get("s1")
+    assert found is not None and found.label == "same"  # the primary answers
+    assert dual.tokens.validate_token(token.token, 9) == token
+    assert dual.mismatches == 2
+    messages = [r.getMessage() for r in caplog.records if r.name == "registry.dual"]
+    assert any("s1" in m and "label" in m for m in messages), messages
+    assert any("missing on the secondary" in m for m in messages), messages
+    for record in caplog.records:
+        assert token.token not in record.getMessage()
+
+
+def test_compare_reads_off_does_not_touch_the_secondary(tmp_path: Path, clock: FakeClock) -> None:
+    store = open_store(config(tmp_path, "json", "sqlite", compare_reads=False), clock=clock)
+    assert isinstance(store, DualStore)
+    with store:
+        store.sessions.register("s1")
+        with side(tmp_path, "sqlite", clock) as secondary:
+            secondary.sessions.update("s1", label="drifted")
+        assert store.sessions.get("s1") is not None
+        assert store.mismatches == 0
+
+
+def hold_secondary(tmp_path: Path, name: str) -> Any:
+    """Hold the secondary's write lock from outside, as a stuck process would."""
+    if name == "json":
+        lock = filelock.FileLock(tmp_path / ".ccr-registry.lock")
+        lock.acquire()
+        return lock.release
+    conn = sqlite3.connect(tmp_path / "ccr.db", isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn.close
+
+
+def test_a_failing_secondary_is_counted_and_the_write_succeeds(
+    dual: DualStore, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    dual.sessions.register("before")
+    release = hold_secondary(tmp_path, dual.secondary.backend)
+    try:
+        caplog.set_level(logging.WARNING, logger="registry.dual")
+        session = dual.sessions.register("during", label="x")
+        token = dual.tokens.mint_token("during", 1)
+        assert dual.sessions.get("during") == session
+        assert dual.secondary_failures >= 2
+        assert any("failed" in r.getMessage() for r in caplog.records)
+        assert all(token.token not in r.getMessage() for r in caplog.records)
+    finally:
+        release()
+    dual.close()
+    with (
+        side(tmp_path, dual.primary.backend, clock) as p,
+        side(tmp_path, dual.secondary.backend, clock) as s,
+    ):
+        assert p.sessions.get("during") == session
+        assert s.sessions.get("during") is None  # drift, visible to verify
+        assert ("during", None) in [(d.key, d.field) for d in diff_stores(p, s)]
+
+
+def test_strict_raises_and_leaves_the_primary_unchanged(
+    tmp_path: Path, clock: FakeClock, sides: tuple[str, str]
+) -> None:
+    store = open_store(config(tmp_path, *sides, strict=True), clock=clock)
+    assert isinstance(store, DualStore)
+    with store:
+        store.sessions.register("before")
+        release = hold_secondary(tmp_path, sides[1])
+        try:
+            with pytest.raises(StoreBusy):
+                store.sessions.register("during")
+        finally:
+            release()
+        assert store.secondary_failures == 1
+        assert store.sessions.get("during") is None
+        store.sessions.register("after")
+        assert store.sessions.get("after") is not None
+
+
+def test_a_secondary_failing_mid_unit_keeps_none_of_the_unit(
+    dual: DualStore, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dual.secondary, "_put_token", broken)
+    with dual.atomic():
+        dual.sessions.register("unit")
+        dual.tokens.store_token("unit-token", "unit", 1)
+        dual.sessions.register("unit-2")
+    assert dual.secondary_failures == 1
+    monkeypatch.undo()
+    dual.close()
+    with side(tmp_path, dual.secondary.backend, clock) as secondary:
+        assert secondary.sessions.list_sessions() == []  # not half of the unit
+    with side(tmp_path, dual.primary.backend, clock) as primary:
+        assert {s.session_id for s in primary.sessions.list_sessions()} == {"unit", "unit-2"}
+
+
+def test_strict_secondary_failure_mid_unit_rolls_back_both(
+    tmp_path: Path, clock: FakeClock, sides: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(config(tmp_path, *sides, strict=True), clock=clock)
+    assert isinstance(store, DualStore)
+
+    def broken(*_args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with store:
+        monkeypatch.setattr(store.secondary, "_put_token", broken)
+        with pytest.raises(RegistryError), store.atomic():
+            store.sessions.register("unit")
+            store.tokens.store_token("unit-token", "unit", 1)
+        monkeypatch.undo()
+        assert store.sessions.get("unit") is None
+
+
+def test_dual_imports_the_legacy_files_into_a_new_secondary(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Cutover phase 2: dual json -> sqlite on the legacy files imports them first."""
+    with side(tmp_path, "json", clock) as legacy:
+        legacy.sessions.register("from-legacy", ppid=4)
+        legacy.tokens.store_token("legacy-token", "from-legacy", 1)
+    cfg = config(tmp_path, "json", "sqlite")
+    with open_store(cfg, clock=clock) as store:
+        assert isinstance(store, DualStore)
+        found = store.sessions.get("from-legacy")
+        assert found is not None and store.mismatches == 0
+    with side(tmp_path, "json", clock) as js, side(tmp_path, "sqlite", clock) as sq:
+        assert diff_stores(js, sq) == []

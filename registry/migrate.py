@@ -190,7 +190,7 @@ def import_json(
     :raises MigrationError: if ``db_path`` already exists, no legacy file exists, or a file
         cannot be read or parsed; no database is created then.
     """
-    json_dir, db_path = Path(json_dir), Path(db_path)
+    json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
     ensure_private_dir(db_path.parent)
     try:
         with _lock(db_path, lock_timeout_s):
@@ -285,11 +285,16 @@ def _remove_stale_builds(db_path: Path) -> None:
 
 
 def stored_report(db_path: str | os.PathLike[str]) -> MigrationReport | None:
-    """The report of the import that built ``db_path``, if it was built by one."""
+    """The report of the import that built ``db_path``, if it was built by one.
+
+    :raises MigrationError: if there is no database at ``db_path``.
+    """
     from registry.backends.sqlite import SqliteStore
 
+    if not Path(db_path).expanduser().is_file():
+        raise MigrationError(f"{db_path}: no database")
     store = SqliteStore(
-        Path(db_path),
+        Path(db_path).expanduser(),
         clock=_utcnow,
         session_ttl=DEFAULT_TTL,
         token_ttl=DEFAULT_TTL,
@@ -316,7 +321,7 @@ def export_json(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     from registry.backends.json_file import JsonStore
     from registry.backends.sqlite import SqliteStore
 
-    db_path, out_dir = Path(db_path), Path(out_dir)
+    db_path, out_dir = Path(db_path).expanduser(), Path(out_dir).expanduser()
     if not db_path.is_file():
         raise MigrationError(f"{db_path}: no database to export")
     source = SqliteStore(

@@ -2,9 +2,16 @@
 
 Open a store with :func:`open_store`; it returns a :class:`Store` whose ``sessions`` and
 ``tokens`` follow the :class:`SessionRegistry` and :class:`TokenStore` protocols on every backend.
+
+The names below are imported on first use (PEP 562), so that a short-lived hook process that
+needs one backend does not pay for importing the others.
 """
 
-from registry.config import StoreConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from registry.errors import (
     ChatMismatch,
     ConfigError,
@@ -18,9 +25,23 @@ from registry.errors import (
     TokenNotFound,
     ValidationError,
 )
-from registry.factory import open_store
-from registry.models import Session, Token, Transport
-from registry.protocols import SessionRegistry, Store, TokenStore
+
+if TYPE_CHECKING:
+    from registry.config import StoreConfig
+    from registry.factory import open_store
+    from registry.models import Session, Token, Transport
+    from registry.protocols import SessionRegistry, Store, TokenStore
+
+_LAZY = {
+    "StoreConfig": "registry.config",
+    "open_store": "registry.factory",
+    "Session": "registry.models",
+    "Token": "registry.models",
+    "Transport": "registry.models",
+    "SessionRegistry": "registry.protocols",
+    "Store": "registry.protocols",
+    "TokenStore": "registry.protocols",
+}
 
 __all__ = [
     "ChatMismatch",
@@ -43,3 +64,16 @@ __all__ = [
     "ValidationError",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'registry' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,7 +9,6 @@ everywhere; a relative path in a TOML file is relative to that file's directory.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -121,6 +120,8 @@ class StoreConfig:
     dual: DualConfig = attrs.field(factory=DualConfig)
     source: str = attrs.field(default="defaults", eq=False)
     """Where this config came from (a file path, ``"mapping"`` or ``"defaults"``)."""
+    explicit: frozenset[str] = attrs.field(factory=frozenset, eq=False)
+    """The keys the source set (``dual.*`` for the dual table); the rest are defaults."""
 
     def __attrs_post_init__(self) -> None:
         _choice("store.backend", self.backend, BACKEND_NAMES)
@@ -163,9 +164,11 @@ class StoreConfig:
             values["data_dir"] = _path("store.data_dir", values["data_dir"], base_dir)
         if values.get("sqlite_path") is not None:
             values["sqlite_path"] = _path("store.sqlite_path", values["sqlite_path"], base_dir)
+        explicit = set(values) - {"dual"}
         if "dual" in values and not isinstance(values["dual"], DualConfig):
+            explicit |= {f"dual.{key}" for key in values["dual"]}
             values["dual"] = DualConfig.from_mapping(values["dual"])
-        return cls(**values, source=source)
+        return cls(**values, source=source, explicit=frozenset(explicit))
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> StoreConfig:
@@ -173,6 +176,8 @@ class StoreConfig:
 
         :raises ConfigError: if the file cannot be read or parsed, or holds an unknown key.
         """
+        import tomllib  # only when a file is read: a hook without one never imports it
+
         file = Path(path).expanduser()
         try:
             document = tomllib.loads(file.read_text(encoding="utf-8"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.backends._base import BaseStore, Clock
 from registry.config import BACKEND_NAMES, StoreConfig
 from registry.errors import ConfigError
-from registry.protocols import Store
+
+if TYPE_CHECKING:
+    from registry.protocols import Store
 
 __all__ = ["BACKENDS", "open_store", "system_clock"]
 

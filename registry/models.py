@@ -11,7 +11,6 @@ integer epoch milliseconds. ``start_time`` stays integer epoch seconds (the lega
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -33,11 +32,14 @@ __all__ = [
     "Transport",
     "differing_fields",
     "from_ms",
+    "iso",
     "session_from_legacy",
+    "session_to_json",
     "session_to_legacy",
     "to_ms",
     "token_from_legacy",
     "token_hint",
+    "token_to_json",
     "token_to_legacy",
     "unwrap_sessions_document",
 ]
@@ -327,12 +329,54 @@ class Token:
 
 def token_hint(token: str) -> str:
     """A short, stable stand-in for a token in logs and reports (never the value itself)."""
+    import hashlib  # lazily: only reports and logs need it
+
     return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
 
 
 def differing_fields(a: Session | Token, b: Session | Token) -> list[str]:
     """Names of the fields in which two records of one kind differ, in model order."""
     return [f.name for f in attrs.fields(type(a)) if getattr(a, f.name) != getattr(b, f.name)]
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``, as the CLI prints timestamps."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def session_to_json(session: Session) -> dict[str, Any]:
+    """A session as the CLI's ``--json`` prints it: model field names, ISO-8601 timestamps."""
+    return {
+        "session_id": session.session_id,
+        "ppid": session.ppid,
+        "pid": session.pid,
+        "start_time": session.start_time,
+        "cwd": session.cwd,
+        "label": session.label,
+        "notify": session.notify,
+        "transport": {
+            "kind": session.transport.kind,
+            "details": session.transport.details.to_dict(),
+        },
+        "state": session.state,
+        "created_at": iso(session.created_at),
+        "updated_at": iso(session.updated_at),
+        "last_seen": iso(session.last_seen),
+        "expires_at": iso(session.expires_at),
+    }
+
+
+def token_to_json(token: Token, *, reveal: bool = False) -> dict[str, Any]:
+    """A token as the CLI prints it; the value itself only when ``reveal``, else a short hash."""
+    return {
+        "token": token.token if reveal else token_hint(token.token),
+        "session_id": token.session_id,
+        "chat_id": token.chat_id,
+        "scopes": list(token.scopes),
+        "context": token.context.to_dict(),
+        "created_at": iso(token.created_at),
+        "expires_at": iso(token.expires_at),
+    }
 
 
 # Fields ``SessionRegistry.update`` may set, in model order.

@@ -10,12 +10,11 @@ records reach the disk.
 
 from __future__ import annotations
 
-import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -37,7 +36,9 @@ from registry.models import (
     check_key,
     utc_ms,
 )
-from registry.protocols import AliveProbe
+
+if TYPE_CHECKING:
+    from registry.protocols import AliveProbe
 
 Clock = Callable[[], datetime]
 
@@ -304,6 +305,8 @@ class BaseStore(ABC):
         scopes: tuple[str, ...] | list[str] | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> Token:
+        import secrets  # here, not at the top: a hook that only registers never needs it
+
         value = secrets.token_urlsafe(TOKEN_BYTES)
         return self.store_token(value, session_id, chat_id, ttl=ttl, scopes=scopes, context=context)
 

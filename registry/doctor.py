@@ -1,0 +1,166 @@
+"""Health checks behind ``ccr-registry doctor``: integrity, schema, modes, locks, filesystems."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Final
+
+import attrs
+import filelock
+
+from registry.config import StoreConfig
+
+__all__ = ["Check", "run_checks"]
+
+# Filesystems on which POSIX locks or SQLite's shared memory are unreliable.
+NETWORK_FILESYSTEMS: Final = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "9p", "ceph", "glusterfs", "lustre"}
+)
+NETWORK_FUSE: Final = ("fuse.sshfs", "fuse.rclone", "fuse.davfs", "fuse.s3fs", "fuse.gcsfuse")
+
+
+@attrs.frozen
+class Check:
+    name: str
+    status: str  # "ok", "warn", "fail" or "info"
+    detail: str
+
+
+def run_checks(config: StoreConfig) -> list[Check]:
+    """Every check, in order. Nothing is written; the lock checks take and release each lock."""
+    checks = [Check("config", "info", f"backend {config.backend} from {config.source}")]
+    data_dir = config.data_dir
+    if not data_dir.exists():
+        checks.append(Check("data dir", "warn", f"{data_dir} does not exist yet"))
+        return checks
+    if not data_dir.is_dir():
+        checks.append(Check("data dir", "fail", f"{data_dir} is not a directory"))
+        return checks
+    checks.append(_mode_check("data dir", data_dir, 0o700))
+    checks.append(_filesystem_check(data_dir))
+    checks.extend(_legacy_checks(data_dir))
+    checks.extend(_database_checks(config.db_path))
+    checks.append(_json_lock_check(data_dir))
+    return checks
+
+
+def _mode_check(name: str, path: Path, private: int) -> Check:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & ~private & 0o077:
+        return Check(name, "warn", f"{path} is {mode:04o}: readable by others (want {private:04o})")
+    return Check(name, "ok", f"{path} is {mode:04o}")
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding ``path``, from /proc/mounts (Linux)."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    resolved = str(path.resolve())
+    best, kind = "", None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, parts[2]
+    return kind
+
+
+def _filesystem_check(data_dir: Path) -> Check:
+    kind = filesystem_type(data_dir)
+    if kind is None:
+        return Check("filesystem", "info", "type unknown (no /proc/mounts)")
+    if kind in NETWORK_FILESYSTEMS or kind.startswith(NETWORK_FUSE):
+        return Check(
+            "filesystem",
+            "warn",
+            f"{data_dir} is on {kind}: file locks and SQLite's WAL are unreliable on network "
+            "filesystems; use a local data directory",
+        )
+    return Check("filesystem", "ok", kind)
+
+
+def _legacy_checks(data_dir: Path) -> list[Check]:
+    checks = []
+    for name in ("claude-sessions.json", "claude-tokens.json"):
+        path = data_dir / name
+        if path.exists():
+            checks.append(Check(name, "info", f"present, {path.stat().st_size} bytes"))
+            checks.append(_mode_check(f"{name} mode", path, 0o600))
+        else:
+            checks.append(Check(name, "info", "absent"))
+    return checks
+
+
+def _database_checks(db_path: Path) -> list[Check]:
+    from registry.backends.sqlite import SCHEMA_VERSION
+
+    if not db_path.exists():
+        wal = db_path.with_name(db_path.name + "-wal")
+        if wal.exists():
+            return [Check("database", "fail", f"{wal} exists without its database")]
+        return [Check("database", "info", f"{db_path} absent")]
+    checks = [_mode_check("database mode", db_path, 0o600)]
+    for suffix in ("-wal", "-shm"):
+        side = db_path.with_name(db_path.name + suffix)
+        if side.exists():
+            checks.append(_mode_check(f"database{suffix} mode", side, 0o600))
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error as exc:
+        return [*checks, Check("database", "fail", f"cannot open: {exc}")]
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            checks.append(Check("schema", "ok", f"version {version}"))
+        elif version > SCHEMA_VERSION:
+            detail = f"version {version} is newer than this code's {SCHEMA_VERSION}"
+            checks.append(Check("schema", "fail", detail))
+        else:
+            checks.append(Check("schema", "warn", f"version {version}; opening upgrades it"))
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        if problems == ["ok"]:
+            checks.append(Check("integrity", "ok", "integrity_check passed"))
+        else:
+            checks.append(Check("integrity", "fail", "; ".join(problems[:5])))
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        checks.append(Check("journal mode", "ok" if mode == "wal" else "warn", mode))
+    except sqlite3.DatabaseError as exc:
+        checks.append(Check("database", "fail", f"not a readable database: {exc}"))
+    finally:
+        conn.close()
+    checks.append(_database_lock_check(db_path))
+    return checks
+
+
+def _database_lock_check(db_path: Path) -> Check:
+    conn = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        return Check("database lock", "warn", f"a writer holds the database now ({exc})")
+    finally:
+        conn.close()
+    return Check("database lock", "ok", "free")
+
+
+def _json_lock_check(data_dir: Path) -> Check:
+    path = data_dir / ".ccr-registry.lock"
+    if not path.exists():
+        return Check("json lock", "ok", "free")
+    lock = filelock.FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return Check("json lock", "warn", f"{path} is held by another process now")
+    except OSError as exc:
+        return Check("json lock", "warn", f"cannot test {path}: {exc}")
+    lock.release()
+    return Check("json lock", "ok", "free")

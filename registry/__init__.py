@@ -10,7 +10,6 @@ needs one backend does not pay for importing the others.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from registry.errors import (
     ChatMismatch,
@@ -26,7 +25,11 @@ from registry.errors import (
     ValidationError,
 )
 
+# Imported for annotations only: importing typing costs a hook process measurable start-up.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from registry.config import StoreConfig
     from registry.factory import open_store
     from registry.models import Session, Token, Transport

@@ -12,13 +12,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
 
+# Imported for annotations only: importing typing costs a hook process measurable start-up.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, Final
+
     from registry.config import StoreConfig
-    from registry.models import Session, Token, Transport
+    from registry.models import Session, Token
     from registry.protocols import Store
 
 EXIT_OK: Final = 0
@@ -51,8 +54,6 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> StoreConfig:
     ``--data-dir D`` acts like ``CCR_DATA_DIR=D``: without ``--config`` or
     ``$CCR_REGISTRY_CONFIG``, ``D/ccr-registry.toml`` is read if it exists.
     """
-    import attrs
-
     from registry.config import CONFIG_FILE_NAME, ENV_CONFIG, StoreConfig
 
     config_path = args.config
@@ -67,7 +68,7 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> StoreConfig:
         overrides["data_dir"] = data_dir
     if args.backend:
         overrides["backend"] = args.backend
-    return attrs.evolve(config, **overrides) if overrides else config
+    return config.replace(**overrides) if overrides else config
 
 
 def open_configured(args: argparse.Namespace, **overrides: Any) -> Store:
@@ -438,9 +439,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _side(config: StoreConfig, backend: str) -> StoreConfig:
-    import attrs
-
-    return attrs.evolve(config, backend=backend, migrate_from_json=False)
+    return config.replace(backend=backend, migrate_from_json=False)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -551,10 +550,9 @@ def _tmux_session(pane: str) -> str | None:
     return name if done.returncode == 0 and name else None
 
 
-def transport_from_env(tty: str | None) -> Transport:
-    """nvim from ``$NVIM``, tmux from ``$TMUX``/``$TMUX_PANE``, else the caller's pty."""
-    from registry.models import Transport
-
+def transport_from_env(tty: str | None) -> tuple[str, dict[str, Any]]:
+    """Transport kind and details: nvim from ``$NVIM``, tmux from ``$TMUX``/``$TMUX_PANE``,
+    else the caller's pty, else unknown."""
     pane = os.environ.get("TMUX_PANE")
     in_tmux = bool(os.environ.get("TMUX") or pane)
     details: dict[str, Any] = {}
@@ -566,16 +564,16 @@ def transport_from_env(tty: str | None) -> Transport:
             details["tmux_pane_id"] = pane
             if session := _tmux_session(pane):
                 details["tmux_session"] = session
-        return Transport(kind="nvim", details=details)
+        return "nvim", details
     if in_tmux:
         if pane:
             details["pane_id"] = pane
             if session := _tmux_session(pane):
                 details["session_name"] = session
-        return Transport(kind="tmux", details=details)
+        return "tmux", details
     if tty:
-        return Transport(kind="pty", details={"pty_path": tty})
-    return Transport()
+        return "pty", {"pty_path": tty}
+    return "unknown", {}
 
 
 class HookTimeout(Exception):
@@ -608,13 +606,12 @@ def run_hook(args: argparse.Namespace) -> int:
         data = read_hook_input()
         config = load_config(args)
         if config.lock_timeout_s > HOOK_LOCK_TIMEOUT_S:
-            import attrs
+            config = config.replace(lock_timeout_s=HOOK_LOCK_TIMEOUT_S)
+        if not fast_hook(config, args.event, data, notify=args.notify):
+            from registry.factory import open_store
 
-            config = attrs.evolve(config, lock_timeout_s=HOOK_LOCK_TIMEOUT_S)
-        from registry.factory import open_store
-
-        with open_store(config) as store:
-            apply_hook(store, args.event, data, notify=args.notify)
+            with open_store(config) as store:
+                apply_hook(store, args.event, data, notify=args.notify)
     except BaseException as exc:  # anything at all: a hook must not break the agent
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{PROG} hook {args.event}: warning: {message[:300]}", file=sys.stderr)
@@ -624,7 +621,32 @@ def run_hook(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def hook_session(data: dict[str, Any], notify: bool | None) -> dict[str, Any]:
+    """What a hook registers about its caller, validated (transport as kind and details)."""
+    from registry.validation import check_details, check_kind, check_text
+
+    ppid, start_time, tty = caller()
+    given = data.get("cwd")
+    cwd = check_text("cwd", given if isinstance(given, str) and given else os.getcwd())
+    assert cwd is not None
+    kind, details = transport_from_env(tty)
+    return {
+        "ppid": ppid,
+        # The hook process itself, as the legacy hooks recorded it ($$ of the hook script).
+        "pid": os.getpid(),
+        "start_time": start_time,
+        "cwd": cwd,
+        "label": check_text("label", os.path.basename(cwd.rstrip("/")) or cwd),
+        "notify": notify,
+        "transport": (check_kind(kind), check_details(details)),
+        "state": "running",
+    }
+
+
 def apply_hook(store: Store, event: str, data: dict[str, Any], *, notify: bool | None) -> None:
+    """The hook through the store: any backend, and the first start of a new database."""
+    from registry.models import Transport
+
     session_id = data["session_id"]
     if event == "session-end":
         store.sessions.remove(session_id)
@@ -632,21 +654,64 @@ def apply_hook(store: Store, event: str, data: dict[str, Any], *, notify: bool |
     if event == "heartbeat" and store.sessions.get(session_id) is not None:
         store.sessions.touch(session_id)
         return
-    ppid, start_time, tty = caller()
-    given = data.get("cwd")
-    cwd = given if isinstance(given, str) and given else os.getcwd()
-    store.sessions.register(
-        session_id,
-        ppid=ppid,
-        # The hook process itself, as the legacy hooks recorded it ($$ of the hook script).
-        pid=os.getpid(),
-        start_time=start_time,
-        cwd=cwd,
-        label=os.path.basename(cwd.rstrip("/")) or cwd,
-        notify=notify,
-        transport=transport_from_env(tty),
-        state="running",
-    )
+    values = hook_session(data, notify)
+    kind, details = values.pop("transport")
+    store.sessions.register(session_id, **values, transport=Transport(kind=kind, details=details))
+
+
+def fast_hook(
+    config: StoreConfig, event: str, data: dict[str, Any], *, notify: bool | None
+) -> bool:
+    """The hook on an existing sqlite database, without importing the models (and attrs).
+
+    It runs the statements ``SqliteStore.register``, ``touch`` and ``remove`` run
+    (:mod:`registry.backends.sqlite_sql`), after the same validation. Returns False, having
+    done nothing, where it does not apply: another backend, no database yet (the first start
+    imports the legacy files), or a schema version this code must upgrade or refuse.
+    """
+    if config.backend != "sqlite" or not config.db_path.is_file():
+        return False
+    import time
+    from datetime import timedelta
+
+    from registry.backends import sqlite_sql as sql
+    from registry.validation import check_key, check_notify
+
+    session_id = check_key("session_id", data["session_id"])
+    path = config.db_path
+    with sql.translated(path):
+        conn = sql.connect(path, config.lock_timeout_s)
+    try:
+        with sql.translated(path):
+            if sql.schema_version(conn) != sql.SCHEMA_VERSION:
+                return False
+        now = time.time_ns() // 1_000_000
+        expires_at = now + config.session_ttl // timedelta(milliseconds=1)
+        if event == "session-end":
+            with sql.transaction(conn, path):
+                sql.remove_row(conn, session_id)
+            return True
+        if event == "heartbeat":
+            with sql.transaction(conn, path):
+                if sql.touch_row(conn, session_id, now, expires_at) is not None:
+                    return True
+        values = hook_session(data, notify)
+        kind, details = values.pop("transport")
+        if values["notify"] is not None:
+            values["notify"] = int(check_notify(values["notify"]))
+        with sql.transaction(conn, path):
+            sql.register_row(
+                conn,
+                session_id=session_id,
+                **values,
+                transport_kind=kind,
+                transport_details=json.dumps(details, separators=(",", ":")),
+                now=now,
+                expires_at=expires_at,
+            )
+        return True
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- parser

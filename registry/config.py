@@ -12,11 +12,13 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
-
-import attrs
 
 from registry.errors import ConfigError
+
+# Imported for annotations only: importing typing costs a hook process measurable start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = ["BACKEND_NAMES", "CONFIG_FILE_NAME", "DualConfig", "StoreConfig", "default_data_dir"]
 
@@ -81,22 +83,64 @@ def _check_keys(table: str, mapping: Mapping[str, Any], valid: tuple[str, ...]) 
         )
 
 
-@attrs.frozen(kw_only=True)
-class DualConfig:
+class _Frozen:
+    """Immutable, compared and shown by the names in ``_fields``.
+
+    Config is read by every short-lived hook process, so it is a plain class: attrs' import
+    alone would double a hook's start-up time.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; use replace()")
+
+    def _set(self, **values: Any) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, f) for f in self._fields))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({shown})"
+
+
+class DualConfig(_Frozen):
     """``[store.dual]``: which backend is authoritative during a cutover."""
 
-    primary: str = "json"
-    secondary: str = "sqlite"
-    compare_reads: bool = True
-    strict: bool = False
+    __slots__ = ("compare_reads", "primary", "secondary", "strict")
+    _fields = DUAL_KEYS
+    primary: str
+    secondary: str
+    compare_reads: bool
+    strict: bool
 
-    def __attrs_post_init__(self) -> None:
-        _choice("store.dual.primary", self.primary, SIDE_NAMES)
-        _choice("store.dual.secondary", self.secondary, SIDE_NAMES)
-        if self.primary == self.secondary:
+    def __init__(
+        self,
+        *,
+        primary: str = "json",
+        secondary: str = "sqlite",
+        compare_reads: bool = True,
+        strict: bool = False,
+    ) -> None:
+        _choice("store.dual.primary", primary, SIDE_NAMES)
+        _choice("store.dual.secondary", secondary, SIDE_NAMES)
+        if primary == secondary:
             raise ConfigError("store.dual.primary and store.dual.secondary must differ")
-        _bool("store.dual.compare_reads", self.compare_reads)
-        _bool("store.dual.strict", self.strict)
+        self._set(
+            primary=primary,
+            secondary=secondary,
+            compare_reads=_bool("store.dual.compare_reads", compare_reads),
+            strict=_bool("store.dual.strict", strict),
+        )
 
     @classmethod
     def from_mapping(cls, mapping: object) -> DualConfig:
@@ -106,31 +150,60 @@ class DualConfig:
         return cls(**mapping)
 
 
-@attrs.frozen(kw_only=True)
-class StoreConfig:
-    """The resolved ``[store]`` table."""
+class StoreConfig(_Frozen):
+    """The resolved ``[store]`` table.
 
-    backend: str = "sqlite"
-    data_dir: Path = attrs.field(factory=default_data_dir)
-    sqlite_path: Path | None = None
-    session_ttl_hours: float = 24.0
-    token_ttl_hours: float = 24.0
-    lock_timeout_s: float = 10.0
-    migrate_from_json: bool = True
-    dual: DualConfig = attrs.field(factory=DualConfig)
-    source: str = attrs.field(default="defaults", eq=False)
-    """Where this config came from (a file path, ``"mapping"`` or ``"defaults"``)."""
-    explicit: frozenset[str] = attrs.field(factory=frozenset, eq=False)
-    """The keys the source set (``dual.*`` for the dual table); the rest are defaults."""
+    ``source`` says where it came from (a file path, ``"mapping"`` or ``"defaults"``) and
+    ``explicit`` which keys that source set (``dual.*`` for the dual table); neither takes part
+    in equality.
+    """
 
-    def __attrs_post_init__(self) -> None:
-        _choice("store.backend", self.backend, BACKEND_NAMES)
-        _number("store.session_ttl_hours", self.session_ttl_hours, positive=True)
-        _number("store.token_ttl_hours", self.token_ttl_hours, positive=True)
-        _number("store.lock_timeout_s", self.lock_timeout_s, positive=False)
-        _bool("store.migrate_from_json", self.migrate_from_json)
-        if not isinstance(self.dual, DualConfig):
+    __slots__ = (*STORE_KEYS, "explicit", "source")
+    _fields = STORE_KEYS
+    backend: str
+    data_dir: Path
+    sqlite_path: Path | None
+    session_ttl_hours: float
+    token_ttl_hours: float
+    lock_timeout_s: float
+    migrate_from_json: bool
+    dual: DualConfig
+    source: str
+    explicit: frozenset[str]
+
+    def __init__(
+        self,
+        *,
+        backend: str = "sqlite",
+        data_dir: Path | None = None,
+        sqlite_path: Path | None = None,
+        session_ttl_hours: float = 24.0,
+        token_ttl_hours: float = 24.0,
+        lock_timeout_s: float = 10.0,
+        migrate_from_json: bool = True,
+        dual: DualConfig | None = None,
+        source: str = "defaults",
+        explicit: frozenset[str] = frozenset(),
+    ) -> None:
+        if dual is not None and not isinstance(dual, DualConfig):
             raise ConfigError("store.dual must be a DualConfig")
+        self._set(
+            backend=_choice("store.backend", backend, BACKEND_NAMES),
+            data_dir=default_data_dir() if data_dir is None else Path(data_dir),
+            sqlite_path=None if sqlite_path is None else Path(sqlite_path),
+            session_ttl_hours=_number("store.session_ttl_hours", session_ttl_hours, positive=True),
+            token_ttl_hours=_number("store.token_ttl_hours", token_ttl_hours, positive=True),
+            lock_timeout_s=_number("store.lock_timeout_s", lock_timeout_s, positive=False),
+            migrate_from_json=_bool("store.migrate_from_json", migrate_from_json),
+            dual=DualConfig() if dual is None else dual,
+            source=source,
+            explicit=frozenset(explicit),
+        )
+
+    def replace(self, **changes: Any) -> StoreConfig:
+        """A copy with some values changed (validated like the constructor)."""
+        values = {name: getattr(self, name) for name in (*STORE_KEYS, "source", "explicit")}
+        return StoreConfig(**{**values, **changes})
 
     @property
     def db_path(self) -> Path:

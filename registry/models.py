@@ -21,6 +21,19 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from registry.errors import ValidationError
+from registry.validation import (
+    STATES,
+    TRANSPORT_KINDS,
+    check_chat_id,
+    check_details,
+    check_key,
+    check_kind,
+    check_notify,
+    check_pid,
+    check_start_time,
+    check_state,
+    check_text,
+)
 
 __all__ = [
     "DEFAULT_SCOPES",
@@ -44,19 +57,11 @@ __all__ = [
     "unwrap_sessions_document",
 ]
 
-TRANSPORT_KINDS: Final = ("nvim", "tmux", "pty", "unknown")
-STATES: Final = ("running", "stopped")
 DEFAULT_SCOPES: Final = ("send_cmd",)
-MAX_KEY_LEN: Final = 256
-MAX_TEXT_LEN: Final = 4096
 # A token's context is free-form JSON; the bound keeps one record from bloating the store.
 MAX_CONTEXT_CHARS: Final = 65536
-INT64_MIN: Final = -(2**63)
-INT64_MAX: Final = 2**63 - 1
-
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 V = TypeVar("V")
 
@@ -135,63 +140,7 @@ def add_ttl(now: datetime, ttl: timedelta) -> datetime:
         raise ValidationError(f"ttl {ttl} runs past the largest representable time") from exc
 
 
-# --------------------------------------------------------------------------- validators
-
-
-def check_key(name: str, value: object) -> str:
-    """An identifier: non-empty text of at most 256 characters without control characters."""
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
-    if not value:
-        raise ValidationError(f"{name} must not be empty")
-    if len(value) > MAX_KEY_LEN:
-        raise ValidationError(f"{name} is longer than {MAX_KEY_LEN} characters")
-    if _CONTROL.search(value):
-        raise ValidationError(f"{name} must not contain control characters")
-    return value
-
-
-def check_text(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be a string or None, got {type(value).__name__}")
-    if len(value) > MAX_TEXT_LEN:
-        raise ValidationError(f"{name} is longer than {MAX_TEXT_LEN} characters")
-    return value
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    # bool is an int subclass; True is not a pid.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValidationError(f"{name} must be within [{low}, {high}], got {value}")
-    return value
-
-
-def check_pid(name: str, value: object) -> int | None:
-    return None if value is None else _check_int(name, value, 1, INT64_MAX)
-
-
-def check_start_time(value: object) -> int | None:
-    return None if value is None else _check_int("start_time", value, 0, INT64_MAX)
-
-
-def check_chat_id(value: object) -> int:
-    return _check_int("chat_id", value, INT64_MIN, INT64_MAX)
-
-
-def check_notify(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(f"notify must be a bool, got {type(value).__name__}")
-    return value
-
-
-def check_state(value: object) -> str:
-    if value not in STATES:
-        raise ValidationError(f"state must be one of {', '.join(STATES)}; got {value!r}")
-    return str(value)
+# --------------------------------------------------------------------------- attrs glue
 
 
 def _attrs_check(check: Any) -> Any:
@@ -203,33 +152,10 @@ def _attrs_check(check: Any) -> Any:
     return validator
 
 
-def _scalar(name: str, value: object) -> str | int | float | bool | None:
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValidationError(f"{name} must be a finite number")
-        return value
-    if isinstance(value, str):
-        if len(value) > MAX_TEXT_LEN:
-            raise ValidationError(f"{name} is longer than {MAX_TEXT_LEN} characters")
-        return value
-    raise ValidationError(f"{name} must be a JSON scalar, got {type(value).__name__}")
-
-
 def _details(value: object) -> FrozenMap[str | int | float | bool | None]:
     if isinstance(value, FrozenMap):
         return value
-    if not isinstance(value, Mapping):
-        raise ValidationError(f"transport details must be a mapping, got {type(value).__name__}")
-    out: dict[str, str | int | float | bool | None] = {}
-    for key, item in value.items():
-        check_key("transport detail key", key)
-        if key == "kind":
-            # The legacy format flattens details next to "kind"; this one would collide.
-            raise ValidationError("transport detail key 'kind' is reserved")
-        out[key] = _scalar(f"transport detail {key!r}", item)
-    return FrozenMap(out)
+    return FrozenMap(check_details(value))
 
 
 def _context(value: object) -> FrozenMap[Any]:
@@ -270,10 +196,7 @@ class Transport:
 
     @kind.validator
     def _kind(self, _attribute: object, value: object) -> None:
-        if value not in TRANSPORT_KINDS:
-            raise ValidationError(
-                f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}; got {value!r}"
-            )
+        check_kind(value)
 
 
 @attrs.frozen(kw_only=True)

@@ -33,9 +33,9 @@ from registry.models import (
     Token,
     Transport,
     add_ttl,
-    check_key,
     utc_ms,
 )
+from registry.validation import check_key
 
 if TYPE_CHECKING:
     from registry.protocols import AliveProbe

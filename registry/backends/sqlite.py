@@ -1,11 +1,9 @@
 """The sqlite backend: one database file in WAL mode (SPEC 4).
 
+The SQL, the schema and the connection pragmas live in :mod:`registry.backends.sqlite_sql`.
 Connections are per thread and per process (a child after ``fork()`` opens its own and never
-touches the parent's). Every connection gets ``foreign_keys=ON`` (off by default, per
-connection: without it ON DELETE CASCADE silently does nothing), ``synchronous=NORMAL``, a busy
-timeout, and ``isolation_level=None`` so that transactions are explicit. Every writing
-transaction starts with ``BEGIN IMMEDIATE``: a deferred transaction that upgrades from read to
-write fails at once with SQLITE_BUSY under contention, whatever the busy timeout.
+touches the parent's); the store's one transaction helper, :meth:`SqliteStore._transaction`,
+begins every writing unit with ``BEGIN IMMEDIATE`` and nests units as savepoints.
 """
 
 from __future__ import annotations
@@ -19,68 +17,38 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from registry.backends._base import BaseStore, Clock
-from registry.errors import RegistryError, StoreBusy, StoreCorrupted
-from registry.models import Session, Token, Transport, from_ms, to_ms
+from registry.backends.sqlite_sql import (
+    ORDER,
+    SCHEMA_VERSION,
+    SESSION_COLUMNS,
+    TOKEN_COLUMNS,
+    UPSERT_SESSION,
+    UPSERT_TOKEN,
+    connect,
+    prepare_schema,
+    register_row,
+    remove_row,
+    touch_row,
+    transaction,
+    translate,
+    translated,
+)
+from registry.errors import SessionNotFound, ValidationError
+from registry.models import Session, Token, Transport, add_ttl, from_ms, to_ms
 from registry.paths import create_private_file, ensure_private_dir
-
-SCHEMA_VERSION: Final = 1
-
-# Ordered upgrade steps: MIGRATIONS[n] takes a database from user_version n to n + 1. Each runs
-# inside the same BEGIN IMMEDIATE transaction as the version bump, so it is all-or-nothing.
-MIGRATIONS: Final[tuple[str, ...]] = (
-    """
-    CREATE TABLE sessions (
-      session_id TEXT PRIMARY KEY, ppid INTEGER, pid INTEGER, start_time INTEGER, cwd TEXT,
-      label TEXT,
-      notify INTEGER NOT NULL DEFAULT 0 CHECK (notify IN (0, 1)),
-      transport_kind TEXT NOT NULL DEFAULT 'unknown',
-      transport_details TEXT NOT NULL DEFAULT '{}',
-      state TEXT NOT NULL DEFAULT 'running',
-      created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-      expires_at INTEGER NOT NULL);
-    CREATE INDEX idx_sessions_ppid ON sessions(ppid);
-    CREATE INDEX idx_sessions_notify ON sessions(notify) WHERE notify = 1;
-    CREATE INDEX idx_sessions_expires ON sessions(expires_at);
-    CREATE TABLE tokens (
-      token TEXT PRIMARY KEY,
-      session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
-      chat_id INTEGER NOT NULL, scopes TEXT NOT NULL DEFAULT '["send_cmd"]',
-      context TEXT NOT NULL DEFAULT '{}',
-      created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
-    CREATE INDEX idx_tokens_session ON tokens(session_id);
-    CREATE INDEX idx_tokens_expires ON tokens(expires_at);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
+from registry.validation import (
+    check_key,
+    check_notify,
+    check_pid,
+    check_start_time,
+    check_state,
+    check_text,
 )
-assert len(MIGRATIONS) == SCHEMA_VERSION
 
-_SESSION_COLUMNS: Final = (
-    "session_id, ppid, pid, start_time, cwd, label, notify, transport_kind, transport_details, "
-    "state, created_at, updated_at, last_seen, expires_at"
-)
-_TOKEN_COLUMNS: Final = "token, session_id, chat_id, scopes, context, created_at, expires_at"
-_ORDER: Final = "ORDER BY last_seen DESC, session_id ASC"
-
-# INSERT OR REPLACE is not used: it deletes the old row, which cascades to the session's tokens
-# and resets created_at. The upsert updates in place and leaves created_at alone.
-_UPSERT_SESSION: Final = f"""
-INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (session_id) DO UPDATE SET
-  ppid = excluded.ppid, pid = excluded.pid, start_time = excluded.start_time,
-  cwd = excluded.cwd, label = excluded.label, notify = excluded.notify,
-  transport_kind = excluded.transport_kind, transport_details = excluded.transport_details,
-  state = excluded.state, updated_at = excluded.updated_at, last_seen = excluded.last_seen,
-  expires_at = excluded.expires_at
-"""
-_UPSERT_TOKEN: Final = f"""
-INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (token) DO UPDATE SET
-  session_id = excluded.session_id, chat_id = excluded.chat_id, scopes = excluded.scopes,
-  context = excluded.context, created_at = excluded.created_at, expires_at = excluded.expires_at
-"""
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 # Connections a forked child inherited. SQLite forbids using them across fork(), and closing one
 # in the child could disturb the parent's WAL; they are kept referenced so that garbage
@@ -98,13 +66,17 @@ def _session_row(session: Session) -> tuple[Any, ...]:
         session.label,
         int(session.notify),
         session.transport.kind,
-        json.dumps(dict(session.transport.details), separators=(",", ":")),
+        _details_json(session.transport),
         session.state,
         to_ms(session.created_at),
         to_ms(session.updated_at),
         to_ms(session.last_seen),
         to_ms(session.expires_at),
     )
+
+
+def _details_json(transport: Transport) -> str:
+    return json.dumps(dict(transport.details), separators=(",", ":"))
 
 
 def _session_from_row(row: tuple[Any, ...]) -> Session:
@@ -149,29 +121,6 @@ def _token_from_row(row: tuple[Any, ...]) -> Token:
     )
 
 
-def translate(exc: BaseException, path: Path) -> RegistryError:
-    """The registry error for a driver error raised while using the database at ``path``."""
-    message = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in message or "busy" in message.lower()
-    ):
-        return StoreBusy(f"{path}: the database stayed busy past the busy timeout ({message})")
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in message or "malformed" in message or "corrupt" in message
-    ):
-        return StoreCorrupted(f"{path}: {message}")
-    return RegistryError(f"{path}: {type(exc).__name__}: {message}")
-
-
-@contextmanager
-def translated(path: Path) -> Iterator[None]:
-    """Re-raise sqlite3 and OS errors as registry errors, chained with ``from``."""
-    try:
-        yield
-    except (sqlite3.Error, OSError) as exc:
-        raise translate(exc, path) from exc
-
-
 class _Local(threading.local):
     conn: sqlite3.Connection | None = None
     pid: int = 0
@@ -205,7 +154,7 @@ class SqliteStore(BaseStore):
                 # the database file.
                 create_private_file(self.path)
             try:
-                self._prepare_schema(self._conn())
+                prepare_schema(self._conn(), self.path)
             except BaseException:
                 self.close()
                 raise
@@ -222,57 +171,11 @@ class SqliteStore(BaseStore):
             _INHERITED.append(conn)
             local.depth = 0
         self._check_open()
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._timeout,
-            isolation_level=None,
-            check_same_thread=False,
-            cached_statements=64,
-        )
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            conn.close()
-            raise
+        conn = connect(self.path, self._timeout)
         local.conn, local.pid = conn, os.getpid()
         with self._all_lock:
             self._all.append(conn)
         return conn
-
-    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return  # the common case: no write and no DDL
-        self._refuse_newer(version)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have upgraded while this one waited for the write lock.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            self._refuse_newer(version)
-            if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise StoreCorrupted(
-                    f"{self.path}: has tables but no ccr-registry schema version; not touching it"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        # journal_mode is persistent in the file; it cannot change inside a transaction.
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-
-    def _refuse_newer(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise RegistryError(
-                f"{self.path}: database schema version {version} is newer than this code "
-                f"supports (version {SCHEMA_VERSION}); upgrade ccr-registry. Left unmodified."
-            )
 
     def _close(self) -> None:
         with self._all_lock:
@@ -304,38 +207,102 @@ class SqliteStore(BaseStore):
             with translated(self.path):
                 yield
             return
+        if depth == 0:
+            local.depth = 1
+            try:
+                with transaction(conn, self.path):
+                    yield
+            finally:
+                local.depth = 0
+            return
         name = f"sp{depth}"
         with translated(self.path):
-            conn.execute("SAVEPOINT " + name if depth else "BEGIN IMMEDIATE")
+            conn.execute(f"SAVEPOINT {name}")
         local.depth = depth + 1
         try:
             yield
-            conn.execute(f"RELEASE {name}" if depth else "COMMIT")
+            conn.execute(f"RELEASE {name}")
         except BaseException as exc:
             with translated(self.path):
-                if depth:
-                    conn.execute(f"ROLLBACK TO {name}")
-                    conn.execute(f"RELEASE {name}")
-                elif conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
             if isinstance(exc, sqlite3.Error):
                 raise translate(exc, self.path) from exc
             raise
         finally:
             local.depth = depth
 
+    # ----------------------------------------------------------------- one-statement writes
+    # register, touch and remove run the same statements as the hook's fast path (sqlite_sql).
+
+    def register(
+        self,
+        session_id: str,
+        *,
+        ppid: int | None = None,
+        pid: int | None = None,
+        start_time: int | None = None,
+        cwd: str | None = None,
+        label: str | None = None,
+        notify: bool | None = None,
+        transport: Transport | None = None,
+        state: str | None = None,
+    ) -> Session:
+        check_key("session_id", session_id)
+        check_pid("ppid", ppid)
+        check_pid("pid", pid)
+        check_start_time(start_time)
+        check_text("cwd", cwd)
+        check_text("label", label)
+        if notify is not None:
+            check_notify(notify)
+        if state is not None:
+            check_state(state)
+        if transport is not None and not isinstance(transport, Transport):
+            raise ValidationError(f"transport must be a Transport, got {type(transport).__name__}")
+        with self._write() as now:
+            row = register_row(
+                self._conn(),
+                session_id=session_id,
+                ppid=ppid,
+                pid=pid,
+                start_time=start_time,
+                cwd=cwd,
+                label=label,
+                notify=None if notify is None else int(notify),
+                transport_kind=None if transport is None else transport.kind,
+                transport_details=None if transport is None else _details_json(transport),
+                state=state,
+                now=to_ms(now),
+                expires_at=to_ms(add_ttl(now, self.session_ttl)),
+            )
+            return _session_from_row(row)
+
+    def touch(self, session_id: str) -> Session:
+        with self._write() as now:
+            row = touch_row(
+                self._conn(), session_id, to_ms(now), to_ms(add_ttl(now, self.session_ttl))
+            )
+            if row is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+            return _session_from_row(row)
+
+    def remove(self, session_id: str) -> bool:
+        with self._write():
+            return remove_row(self._conn(), session_id)
+
     # ----------------------------------------------------------------- primitives
 
     def _get(self, session_id: str) -> Session | None:
         row = (
             self._conn()
-            .execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
+            .execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
             .fetchone()
         )
         return None if row is None else _session_from_row(row)
 
     def _put(self, session: Session) -> None:
-        self._conn().execute(_UPSERT_SESSION, _session_row(session))
+        self._conn().execute(UPSERT_SESSION, _session_row(session))
 
     def _delete_sessions(self, session_ids: list[str]) -> None:
         # Tokens go with them through ON DELETE CASCADE (foreign_keys is on for every connection).
@@ -356,10 +323,10 @@ class SqliteStore(BaseStore):
         if active_only:
             where.append("state = 'running' AND expires_at > ?")
             params.append(to_ms(now))
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions"
+        sql = f"SELECT {SESSION_COLUMNS} FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " " + _ORDER
+        sql += " " + ORDER
         if ppid is not None:
             sql += " LIMIT 1"
         return [_session_from_row(row) for row in self._conn().execute(sql, params)]
@@ -373,20 +340,20 @@ class SqliteStore(BaseStore):
     def _get_token(self, token: str) -> Token | None:
         row = (
             self._conn()
-            .execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token = ?", (token,))
+            .execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?", (token,))
             .fetchone()
         )
         return None if row is None else _token_from_row(row)
 
     def _put_token(self, token: Token) -> None:
-        self._conn().execute(_UPSERT_TOKEN, _token_row(token))
+        self._conn().execute(UPSERT_TOKEN, _token_row(token))
 
     def _delete_token(self, token: str) -> bool:
         return self._conn().execute("DELETE FROM tokens WHERE token = ?", (token,)).rowcount > 0
 
     def _tokens_of(self, session_id: str) -> list[Token]:
         rows = self._conn().execute(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE session_id = ? ORDER BY created_at, token",
+            f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE session_id = ? ORDER BY created_at, token",
             (session_id,),
         )
         return [_token_from_row(row) for row in rows]
@@ -397,7 +364,7 @@ class SqliteStore(BaseStore):
 
     def _session_of_live_token(self, token: str, now: datetime) -> Session | None:
         # One statement, so the token and its session come from one snapshot.
-        columns = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
+        columns = ", ".join(f"s.{c.strip()}" for c in SESSION_COLUMNS.split(","))
         row = (
             self._conn()
             .execute(
@@ -425,12 +392,12 @@ class SqliteStore(BaseStore):
                 sessions = [
                     _session_from_row(row)
                     for row in conn.execute(
-                        f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY rowid"
+                        f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY rowid"
                     )
                 ]
                 tokens = [
                     _token_from_row(row)
-                    for row in conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY rowid")
+                    for row in conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY rowid")
                 ]
             finally:
                 conn.execute("COMMIT")
@@ -440,8 +407,8 @@ class SqliteStore(BaseStore):
         """Insert records and meta entries in one transaction (the import's bulk path)."""
         with self._transaction(savepoint=False):
             conn = self._conn()
-            conn.executemany(_UPSERT_SESSION, [_session_row(s) for s in sessions])
-            conn.executemany(_UPSERT_TOKEN, [_token_row(t) for t in tokens])
+            conn.executemany(UPSERT_SESSION, [_session_row(s) for s in sessions])
+            conn.executemany(UPSERT_TOKEN, [_token_row(t) for t in tokens])
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.backends._base import BaseStore, Clock
 from registry.config import BACKEND_NAMES, StoreConfig
-from registry.errors import ConfigError
+from registry.errors import ConfigError, RegistryError
 
 if TYPE_CHECKING:
     from registry.protocols import Store
@@ -37,16 +37,20 @@ def _open_json(config: StoreConfig, clock: Clock) -> BaseStore:
 def _open_sqlite(config: StoreConfig, clock: Clock) -> BaseStore:
     from registry.backends.sqlite import SqliteStore
 
-    if config.migrate_from_json and not config.db_path.exists():
-        from registry.migrate import import_on_first_start
+    try:
+        first_start = config.migrate_from_json and not config.db_path.exists()
+        if first_start:
+            from registry.migrate import import_on_first_start
 
-        import_on_first_start(
-            config.data_dir,
-            config.db_path,
-            session_ttl=config.session_ttl,
-            token_ttl=config.token_ttl,
-            lock_timeout_s=max(config.lock_timeout_s, 60),
-        )
+            import_on_first_start(
+                config.data_dir,
+                config.db_path,
+                session_ttl=config.session_ttl,
+                token_ttl=config.token_ttl,
+                lock_timeout_s=max(config.lock_timeout_s, 60),
+            )
+    except OSError as exc:
+        raise RegistryError(f"{config.db_path}: cannot prepare the database: {exc}") from exc
 
     return SqliteStore(
         config.db_path,

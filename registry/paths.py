@@ -14,12 +14,17 @@ DIR_MODE = 0o700
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with mode 0700; an existing directory is kept as is."""
-    if path.is_dir():
+    """Create ``path`` (and missing parents) with mode 0700; an existing directory is kept as is.
+
+    mkdir first, then look: several processes may start on a new data directory at once.
+    """
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            message = f"{path}: data directory path exists and is not a directory"
+            raise RegistryError(message) from None
         return
-    if path.exists() or path.is_symlink():
-        raise RegistryError(f"{path}: data directory path exists and is not a directory")
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     # mkdir's mode is filtered by the umask; the data directory must not be.
     os.chmod(path, DIR_MODE)
 

@@ -181,6 +181,9 @@ def prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
 def transaction(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (errors translated)."""
     with translated(path):
+        if conn.in_transaction:
+            # A ROLLBACK that failed (an I/O error) left this connection inside a transaction.
+            conn.execute("ROLLBACK")
         conn.execute("BEGIN IMMEDIATE")
     try:
         yield

@@ -124,7 +124,10 @@ def _database_checks(db_path: Path) -> list[Check]:
             checks.append(Check("schema", "fail", detail))
         else:
             checks.append(Check("schema", "warn", f"version {version}; opening upgrades it"))
-        problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:
+            problems = [f"integrity_check stopped: {exc}"]
         if problems == ["ok"]:
             checks.append(Check("integrity", "ok", "integrity_check passed"))
         else:

@@ -230,7 +230,9 @@ def _build(
     json_dir: Path, db_path: Path, *, session_ttl: timedelta, token_ttl: timedelta
 ) -> MigrationReport:
     from registry.backends.sqlite import SqliteStore
+    from registry.backends.sqlite_sql import refuse_orphan_wal
 
+    refuse_orphan_wal(db_path)
     sessions, tokens, skipped, sources = read_legacy(
         json_dir, session_ttl=session_ttl, token_ttl=token_ttl
     )

@@ -29,6 +29,7 @@ from registry.backends.sqlite_sql import (
     UPSERT_TOKEN,
     connect,
     prepare_schema,
+    refuse_orphan_wal,
     register_row,
     remove_row,
     touch_row,
@@ -149,6 +150,7 @@ class SqliteStore(BaseStore):
         self._all_lock = threading.Lock()
         with translated(self.path):
             ensure_private_dir(self.path.parent)
+            refuse_orphan_wal(self.path)
             if not self.path.exists():
                 # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the mode of
                 # the database file.

@@ -127,6 +127,16 @@ def translated(path: Path) -> Iterator[None]:
         raise translate(exc, path) from exc
 
 
+def refuse_orphan_wal(path: Path) -> None:
+    """Refuse a ``-wal`` file whose database is missing: SQLite would replay it into a new one."""
+    wal = path.with_name(path.name + "-wal")
+    if not path.exists() and wal.exists():
+        raise StoreCorrupted(
+            f"{wal} exists without its database {path.name}; it holds committed data that "
+            "belongs to a database that is gone. Move it away (or restore the database) first."
+        )
+
+
 def connect(path: Path, timeout: float) -> sqlite3.Connection:
     """A connection with the pragmas every connection needs (see the module docstring)."""
     conn = sqlite3.connect(

@@ -80,9 +80,15 @@ class BaseStore(ABC):
 
     @abstractmethod
     def _select(
-        self, now: datetime, *, active_only: bool, notify_only: bool, ppid: int | None = None
+        self,
+        now: datetime,
+        *,
+        active_only: bool,
+        notify_only: bool,
+        ppid: int | None = None,
+        limit: int | None = None,
     ) -> list[Session]:
-        """Sessions matching the filters, in list order."""
+        """Sessions matching the filters, in list order; at most ``limit`` of them."""
 
     @abstractmethod
     def _expired_ids(self, now: datetime) -> list[str]:
@@ -219,7 +225,7 @@ class BaseStore(ABC):
 
     def get_by_ppid(self, ppid: int) -> Session | None:
         with self._read() as now:
-            found = self._select(now, active_only=True, notify_only=False, ppid=ppid)
+            found = self._select(now, active_only=True, notify_only=False, ppid=ppid, limit=1)
         return found[0] if found else None
 
     def get_notify_sessions(self) -> list[Session]:

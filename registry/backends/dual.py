@@ -249,10 +249,18 @@ class DualStore(BaseStore):
         self._mirror(lambda: self.secondary._delete_sessions(session_ids))
 
     def _select(
-        self, now: datetime, *, active_only: bool, notify_only: bool, ppid: int | None = None
+        self,
+        now: datetime,
+        *,
+        active_only: bool,
+        notify_only: bool,
+        ppid: int | None = None,
+        limit: int | None = None,
     ) -> list[Session]:
         def select(side: BaseStore) -> list[Session]:
-            return side._select(now, active_only=active_only, notify_only=notify_only, ppid=ppid)
+            return side._select(
+                now, active_only=active_only, notify_only=notify_only, ppid=ppid, limit=limit
+            )
 
         what = f"list(active_only={active_only}, notify_only={notify_only}, ppid={ppid})"
         return self._compare("sessions", what, select(self.primary), lambda: select(self.secondary))

@@ -396,7 +396,13 @@ class JsonStore(BaseStore):
             state.tokens_changed = True
 
     def _select(
-        self, now: datetime, *, active_only: bool, notify_only: bool, ppid: int | None = None
+        self,
+        now: datetime,
+        *,
+        active_only: bool,
+        notify_only: bool,
+        ppid: int | None = None,
+        limit: int | None = None,
     ) -> list[Session]:
         found = [
             s
@@ -407,7 +413,7 @@ class JsonStore(BaseStore):
         ]
         found.sort(key=lambda s: s.session_id)
         found.sort(key=lambda s: s.last_seen, reverse=True)
-        return found
+        return found if limit is None else found[:limit]
 
     def _expired_ids(self, now: datetime) -> list[str]:
         return [sid for sid, s in self._state().sessions.items() if not s.is_live(now)]

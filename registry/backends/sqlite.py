@@ -313,7 +313,13 @@ class SqliteStore(BaseStore):
         )
 
     def _select(
-        self, now: datetime, *, active_only: bool, notify_only: bool, ppid: int | None = None
+        self,
+        now: datetime,
+        *,
+        active_only: bool,
+        notify_only: bool,
+        ppid: int | None = None,
+        limit: int | None = None,
     ) -> list[Session]:
         where: list[str] = []
         params: list[Any] = []
@@ -329,8 +335,8 @@ class SqliteStore(BaseStore):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " " + ORDER
-        if ppid is not None:
-            sql += " LIMIT 1"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
         return [_session_from_row(row) for row in self._conn().execute(sql, params)]
 
     def _expired_ids(self, now: datetime) -> list[str]:

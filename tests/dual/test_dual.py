@@ -225,3 +225,20 @@ def test_dual_imports_the_legacy_files_into_a_new_secondary(
         assert found is not None and store.mismatches == 0
     with side(tmp_path, "json", clock) as js, side(tmp_path, "sqlite", clock) as sq:
         assert diff_stores(js, sq) == []
+
+
+def test_every_read_agrees_on_a_consistent_store(dual: DualStore, clock: FakeClock) -> None:
+    """compare_reads reports nothing when both sides hold the same records."""
+    for n in range(5):
+        dual.sessions.register(f"s{n}", ppid=7, notify=n % 2 == 0)
+        clock.advance(milliseconds=1)
+    token = dual.tokens.mint_token("s1", 3)
+    dual.sessions.get("s1")
+    dual.sessions.get_by_ppid(7)
+    dual.sessions.get_notify_sessions()
+    dual.sessions.list_sessions()
+    dual.sessions.list_sessions(active_only=True)
+    dual.tokens.validate_token(token.token, 3)
+    dual.tokens.get_session_by_token(token.token)
+    dual.tokens.tokens_for_session("s1")
+    assert (dual.mismatches, dual.secondary_failures) == (0, 0)

@@ -1,0 +1,394 @@
+"""The benchmark: every subject, every workload, one run, ratios to the raw floor and to diskcache.
+
+    python bench/run.py                    # full run, writes docs/benchmarks.md and its plots
+    python bench/run.py --quick            # smaller budgets and sizes, prints only
+
+Needs the ``bench`` extra (``pip install -e '.[bench]'``). Never run by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from subjects import SUBJECTS, Subject, session_record
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = [
+    "get",
+    "register_new",
+    "register_existing",
+    "update",
+    "get_by_ppid",
+    "notify_list",
+    "mint",
+    "validate",
+    "cleanup",
+    "open_get_close",
+]
+NOTIFY_SESSIONS = 10  # constant whatever the size: the list's cost should not grow with the store
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def dataset(size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    now = now_ms()
+    sessions = [
+        session_record(f"s{i:06d}", 100_000 + i, now - i, notify=i < NOTIFY_SESSIONS)
+        for i in range(size)
+    ]
+    for i, s in enumerate(sessions):
+        s["label"] = "0" if i == 0 else s["label"]
+    tokens = [
+        {
+            "token": f"tok-{i:06d}-{'x' * 10}",
+            "session_id": f"s{i:06d}",
+            "chat_id": i,
+            "created_at": now,
+            "expires_at": now + 86_400_000,
+        }
+        for i in range(0, size, 10)
+    ]
+    return sessions, tokens
+
+
+# --------------------------------------------------------------------------- single process
+
+
+def timed_loop(
+    op: Callable[[int], object], *, budget_s: float, max_ops: int, min_ops: int = 3
+) -> list[int]:
+    op(-1)  # warm-up, not recorded
+    samples: list[int] = []
+    deadline = time.perf_counter() + budget_s
+    k = 0
+    while k < max_ops and (k < min_ops or time.perf_counter() < deadline):
+        started = time.perf_counter_ns()
+        op(k)
+        samples.append(time.perf_counter_ns() - started)
+        k += 1
+    return samples
+
+
+def run_single(
+    subject_cls: type[Subject], size: int, root: Path, budget_s: float, max_ops: int
+) -> dict[str, list[int]]:
+    subject = subject_cls(root)
+    sessions, tokens = dataset(size)
+    subject.load(sessions, tokens)
+    subject.open()
+    rng = random.Random(size)
+    ids = [s["session_id"] for s in sessions]
+    minted: list[str] = []
+    results: dict[str, list[int]] = {}
+
+    def pick() -> str:
+        return ids[rng.randrange(size)]
+
+    def mint(k: int) -> None:
+        minted.append(subject.mint(pick(), 7, now_ms()))
+
+    def validate(k: int) -> None:
+        assert subject.validate(minted[k % len(minted)], 7, now_ms())
+
+    def open_get_close(k: int) -> None:
+        subject.open()
+        assert subject.get(pick()) is not None
+        subject.close()
+
+    work: dict[str, Callable[[int], object]] = {
+        "get": lambda k: subject.get(pick()),
+        "register_new": lambda k: subject.register(f"new-{k}-{rng.random()}", 7, now_ms()),
+        "register_existing": lambda k: subject.register(pick(), 100_001, now_ms()),
+        "update": lambda k: subject.update(pick(), f"label-{k}", now_ms()),
+        "get_by_ppid": lambda k: subject.get_by_ppid(100_000 + rng.randrange(size), now_ms()),
+        "notify_list": lambda k: subject.notify_list(now_ms()),
+        "mint": mint,
+        "validate": validate,
+        "cleanup": lambda k: subject.cleanup(now_ms()),
+    }
+    for name, op in work.items():
+        results[name] = timed_loop(op, budget_s=budget_s, max_ops=max_ops)
+    subject.close()
+    results["open_get_close"] = timed_loop(open_get_close, budget_s=budget_s, max_ops=max_ops)
+    return results
+
+
+# --------------------------------------------------------------------------- contention
+
+
+def worker(name: str, root: str, worker_id: int, registers: int, increments: int) -> None:
+    subject = SUBJECTS[name](Path(root))
+    subject.open()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.perf_counter_ns()
+    latencies = []
+    for i in range(registers):
+        t = time.perf_counter_ns()
+        subject.register(f"w{worker_id}-{i}", 50_000 + worker_id, now_ms())
+        latencies.append(time.perf_counter_ns() - t)
+    for _ in range(increments):
+        t = time.perf_counter_ns()
+        subject.increment("s000000", now_ms())
+        latencies.append(time.perf_counter_ns() - t)
+    ended = time.perf_counter_ns()
+    subject.close()
+    print(json.dumps({"started": started, "ended": ended, "latencies": latencies}), flush=True)
+
+
+def run_contention(
+    name: str, procs: int, root: Path, registers: int, increments: int
+) -> dict[str, Any]:
+    subject = SUBJECTS[name](root)
+    sessions, tokens = dataset(1000)
+    subject.load(sessions, tokens)
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                str(root),
+                str(n),
+                str(registers),
+                str(increments),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(procs)
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    reports = []
+    for child in children:
+        out, _ = child.communicate(timeout=1800)
+        assert child.returncode == 0
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    wall = (max(r["ended"] for r in reports) - min(r["started"] for r in reports)) / 1e9
+    latencies = sorted(x for r in reports for x in r["latencies"])
+    subject.open()
+    counter = subject.get("s000000")
+    registered = sum(
+        subject.get(f"w{n}-{i}") is not None for n in range(procs) for i in range(registers)
+    )
+    subject.close()
+    label = counter["label"] if isinstance(counter, dict) else getattr(counter, "label", None)
+    if label is None and isinstance(counter, tuple):
+        label = counter[5]
+    expected = procs * increments
+    return {
+        "ops": len(latencies),
+        "throughput": len(latencies) / wall,
+        "p50_ms": latencies[len(latencies) // 2] / 1e6,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1e6,
+        "lost_increments": expected - int(label),
+        "lost_registers": procs * registers - registered,
+    }
+
+
+# --------------------------------------------------------------------------- hook burst
+
+
+def run_hook_burst(procs: int, root: Path) -> dict[str, float]:
+    from registry import open_store
+
+    data = root / "hooks"
+    with open_store({"backend": "sqlite", "data_dir": str(data)}) as store, store.atomic():
+        for i in range(1000):
+            store.sessions.register(f"existing-{i}", ppid=10_000 + i)
+    env = {**os.environ, "CCR_DATA_DIR": str(data)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: modules load from bytecode
+    script = Path(sys.executable).parent / "ccr-registry"
+    results = {}
+    for label, command, payload in (
+        ("bare", [sys.executable, "-c", "import sys; sys.stdin.read()"], "{}"),
+        ("hook", [str(script), "hook", "session-start"], None),
+    ):
+        subprocess.run(
+            command,
+            input=payload or '{"session_id": "warm"}',
+            env=env,
+            text=True,
+            capture_output=True,
+            check=True,
+        )
+        walls = []
+        for _ in range(5):
+            children = [
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    text=True,
+                )
+                for _ in range(procs)
+            ]
+            for n, child in enumerate(children):
+                assert child.stdin is not None
+                child.stdin.write(payload or json.dumps({"session_id": f"burst-{n}"}))
+            started = time.perf_counter()
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.close()
+            for child in children:
+                child.wait()
+                assert child.returncode == 0
+                assert child.stderr is not None and child.stderr.read() == ""
+            walls.append(time.perf_counter() - started)
+        results[label] = statistics.median(walls) * 1000
+    with open_store({"backend": "sqlite", "data_dir": str(data)}) as store:
+        landed = sum(store.sessions.get(f"burst-{n}") is not None for n in range(procs))
+    results["landed"] = landed
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median_us(samples: list[int]) -> float:
+    return statistics.median(samples) / 1000
+
+
+def p99_us(samples: list[int]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1000
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    fs = "unknown"
+    try:
+        from registry.doctor import filesystem_type
+
+        fs = filesystem_type(Path(tempfile.gettempdir())) or fs
+    except Exception:  # the report must not fail over a detail
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"temp directory on {fs}"
+    )
+
+
+def fmt(value: float) -> str:
+    if value >= 100_000:
+        return f"{value / 1000:,.0f} ms"
+    if value >= 1000:
+        return f"{value / 1000:,.1f} ms"
+    return f"{value:,.1f} µs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="ccr-registry benchmarks")
+    parser.add_argument("--quick", action="store_true", help="small budgets, print only")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default=None, help="comma-separated store sizes")
+    parser.add_argument("--subjects", default=",".join(SUBJECTS))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    if args.worker:
+        name, root, worker_id, registers, increments = args.worker
+        worker(name, root, int(worker_id), int(registers), int(increments))
+        return
+    sizes = [
+        int(x)
+        for x in (args.sizes or ("100,1000" if args.quick else "100,1000,10000,100000")).split(",")
+    ]
+    names = args.subjects.split(",")
+    budget, max_ops = (0.2, 200) if args.quick else (1.0, 2000)
+    procs_list = [2, 8] if args.quick else [2, 8, 32]
+    scratch = Path(tempfile.mkdtemp(prefix="ccr-bench-"))
+    started = time.time()
+    single: dict[str, dict[int, dict[str, list[int]]]] = {}
+    try:
+        for name in names:
+            single[name] = {}
+            for size in sizes:
+                t0 = time.time()
+                single[name][size] = run_single(
+                    SUBJECTS[name], size, scratch / f"{name}-{size}", budget, max_ops
+                )
+                print(f"{name:<10} {size:>7} sessions: {time.time() - t0:5.1f} s", flush=True)
+        contention: dict[str, dict[int, dict[str, Any]]] = {}
+        for name in names:
+            contention[name] = {}
+            for procs in procs_list:
+                contention[name][procs] = run_contention(
+                    name, procs, scratch / f"c-{name}-{procs}", 50, 20
+                )
+                c = contention[name][procs]
+                print(
+                    f"{name:<10} {procs:>3} procs: {c['throughput']:8.0f} ops/s "
+                    f"p99 {c['p99_ms']:.1f} ms lost {c['lost_increments']}/{c['lost_registers']}",
+                    flush=True,
+                )
+        bursts = {procs: run_hook_burst(procs, scratch / f"h-{procs}") for procs in (1, 8, 32)}
+        print(json.dumps(bursts))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    elapsed = time.time() - started
+    results = {
+        "machine": machine(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": "python bench/run.py" + (" --quick" if args.quick else ""),
+        "elapsed_s": elapsed,
+        "sizes": sizes,
+        "single": {
+            n: {
+                str(s): {
+                    op: {"median_us": median_us(v), "p99_us": p99_us(v), "ops": len(v)}
+                    for op, v in ops.items()
+                }
+                for s, ops in by_size.items()
+            }
+            for n, by_size in single.items()
+        },
+        "contention": {n: {str(p): v for p, v in by.items()} for n, by in contention.items()},
+        "hook_burst": {str(p): v for p, v in bursts.items()},
+    }
+    if args.quick:
+        print(json.dumps(results["single"], indent=1)[:3000])
+        return
+    from report import write_report
+
+    write_report(results, Path(args.out))
+    print(f"wrote {args.out} in {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -104,7 +104,7 @@ class Raw(Subject):
     name, kind = "raw", "floor"
 
     def open(self) -> None:
-        self.conn = sqlite3.connect(self.root / "raw.db", isolation_level=None, timeout=60)
+        self.conn = sqlite3.connect(self.root / "raw.db", isolation_level=None, timeout=600)
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA synchronous = NORMAL")
 
@@ -214,7 +214,13 @@ class Ours(Subject):
     config: ClassVar[dict[str, Any]] = {}
 
     def store_config(self) -> dict[str, Any]:
-        return {**self.config, "data_dir": str(self.root), "migrate_from_json": False}
+        # A long lock timeout: contention runs measure throughput, not how soon a waiter gives up.
+        return {
+            **self.config,
+            "data_dir": str(self.root),
+            "migrate_from_json": False,
+            "lock_timeout_s": 600,
+        }
 
     def open(self) -> None:
         self.store = open_store(self.store_config())
@@ -417,7 +423,7 @@ class DiskCache(KeyValue):
     def open(self) -> None:
         import diskcache
 
-        self.cache = diskcache.Cache(str(self.root / "cache"), timeout=60)
+        self.cache = diskcache.Cache(str(self.root / "cache"), timeout=600)
 
     def close(self) -> None:
         self.cache.close()
@@ -444,8 +450,8 @@ class SqliteDictSubject(KeyValue):
     def open(self) -> None:
         from sqlitedict import SqliteDict
 
-        self.db = SqliteDict(str(self.root / "dict.sqlite"), autocommit=True, timeout=60)
-        self.lock = filelock.FileLock(self.root / "dict.lock", timeout=60)
+        self.db = SqliteDict(str(self.root / "dict.sqlite"), autocommit=True, timeout=600)
+        self.lock = filelock.FileLock(self.root / "dict.lock", timeout=600)
 
     def close(self) -> None:
         self.db.close()
@@ -506,7 +512,7 @@ class WholeFile(Subject):
         self.close()
 
     def open(self) -> None:
-        self.lock = filelock.FileLock(self.root / "whole.lock", timeout=60)
+        self.lock = filelock.FileLock(self.root / "whole.lock", timeout=600)
 
     def get(self, sid: str) -> Any:
         with self.lock:

@@ -302,6 +302,27 @@ def token_to_json(token: Token, *, reveal: bool = False) -> dict[str, Any]:
     }
 
 
+def check_update(changes: Mapping[str, Any]) -> None:
+    """Refuse an unknown field or an invalid value for ``SessionRegistry.update``."""
+    unknown = sorted(set(changes) - set(UPDATABLE_FIELDS))
+    if unknown:
+        settable = ", ".join(UPDATABLE_FIELDS)
+        raise ValidationError(f"cannot update {', '.join(unknown)}; settable: {settable}")
+    for name, value in changes.items():
+        if name in ("ppid", "pid"):
+            check_pid(name, value)
+        elif name == "start_time":
+            check_start_time(value)
+        elif name in ("cwd", "label"):
+            check_text(name, value)
+        elif name == "notify":
+            check_notify(value)
+        elif name == "state":
+            check_state(value)
+        elif not isinstance(value, Transport):
+            raise ValidationError(f"transport must be a Transport, got {type(value).__name__}")
+
+
 # Fields ``SessionRegistry.update`` may set, in model order.
 UPDATABLE_FIELDS: Final = (
     "ppid",

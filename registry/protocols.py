@@ -85,7 +85,8 @@ class SessionRegistry(Protocol):
 
         Settable fields: ``ppid, pid, start_time, cwd, label, notify, transport, state``; a value
         of None clears a nullable field. ``last_seen`` and ``expires_at`` are left alone.
-        :raises ValidationError: for an unknown field or an invalid value; nothing is written.
+        :raises ValidationError: for an unknown field or an invalid value (checked first);
+            nothing is written.
         :raises SessionNotFound: if there is no session with that id.
         """
         ...

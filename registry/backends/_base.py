@@ -24,15 +24,14 @@ from registry.errors import (
     SessionNotFound,
     TokenExpired,
     TokenNotFound,
-    ValidationError,
 )
 from registry.models import (
     DEFAULT_SCOPES,
-    UPDATABLE_FIELDS,
     Session,
     Token,
     Transport,
     add_ttl,
+    check_update,
     utc_ms,
 )
 from registry.validation import check_key
@@ -238,10 +237,7 @@ class BaseStore(ABC):
             return self._select(now, active_only=active_only, notify_only=notify_only)
 
     def update(self, session_id: str, **changes: Any) -> Session:
-        unknown = sorted(set(changes) - set(UPDATABLE_FIELDS))
-        if unknown:
-            settable = ", ".join(UPDATABLE_FIELDS)
-            raise ValidationError(f"cannot update {', '.join(unknown)}; settable: {settable}")
+        check_update(changes)
         with self._write() as now:
             session = attrs.evolve(self._require(session_id), **changes, updated_at=now)
             self._put(session)

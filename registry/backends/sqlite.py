@@ -36,9 +36,10 @@ from registry.backends.sqlite_sql import (
     transaction,
     translate,
     translated,
+    update_row,
 )
 from registry.errors import SessionNotFound, ValidationError
-from registry.models import Session, Token, Transport, add_ttl, from_ms, to_ms
+from registry.models import Session, Token, Transport, add_ttl, check_update, from_ms, to_ms
 from registry.paths import create_private_file, ensure_private_dir
 from registry.validation import (
     check_key,
@@ -74,6 +75,18 @@ def _session_row(session: Session) -> tuple[Any, ...]:
         to_ms(session.last_seen),
         to_ms(session.expires_at),
     )
+
+
+def _update_columns(changes: dict[str, Any]) -> dict[str, Any]:
+    """Column values for ``update``'s fields, validated by the model's rules."""
+    check_update(changes)
+    columns = {k: v for k, v in changes.items() if k != "transport"}
+    if "notify" in columns:
+        columns["notify"] = int(columns["notify"])
+    if "transport" in changes:
+        columns["transport_kind"] = changes["transport"].kind
+        columns["transport_details"] = _details_json(changes["transport"])
+    return columns
 
 
 def _details_json(transport: Transport) -> str:
@@ -278,7 +291,8 @@ class SqliteStore(BaseStore):
                 now=to_ms(now),
                 expires_at=to_ms(add_ttl(now, self.session_ttl)),
             )
-            return _session_from_row(row)
+        # The model is built after COMMIT: the write lock is held no longer than SQLite needs.
+        return _session_from_row(row)
 
     def touch(self, session_id: str) -> Session:
         with self._write() as now:
@@ -287,7 +301,15 @@ class SqliteStore(BaseStore):
             )
             if row is None:
                 raise SessionNotFound(f"no session {session_id!r}")
-            return _session_from_row(row)
+        return _session_from_row(row)
+
+    def update(self, session_id: str, **changes: Any) -> Session:
+        columns = _update_columns(changes)
+        with self._write() as now:
+            row = update_row(self._conn(), session_id, columns, to_ms(now))
+            if row is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+        return _session_from_row(row)
 
     def remove(self, session_id: str) -> bool:
         with self._write():

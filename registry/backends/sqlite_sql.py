@@ -222,6 +222,19 @@ def touch_row(
     return tuple(rows[0]) if rows else None
 
 
+def update_row(
+    conn: sqlite3.Connection, session_id: str, columns: dict[str, Any], now: int
+) -> tuple[Any, ...] | None:
+    """Set validated column values and ``updated_at``; the stored row, or None if unknown."""
+    assignments = "".join(f"{name} = :{name}, " for name in columns)  # names from a fixed set
+    rows = conn.execute(
+        f"UPDATE sessions SET {assignments}updated_at = :now WHERE session_id = :session_id "
+        f"RETURNING {SESSION_COLUMNS}",
+        {**columns, "now": now, "session_id": session_id},
+    ).fetchall()
+    return tuple(rows[0]) if rows else None
+
+
 def remove_row(conn: sqlite3.Connection, session_id: str) -> bool:
     """Delete a session; its tokens go with it through ON DELETE CASCADE."""
     return conn.execute(REMOVE, (session_id,)).rowcount > 0

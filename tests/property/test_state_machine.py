@@ -125,6 +125,14 @@ class Model:
         allowed = {"ppid", "pid", "start_time", "cwd", "label", "notify", "transport", "state"}
         if set(changes) - allowed:
             raise ValidationError("unknown field")
+        probe = Session(
+            session_id="probe",
+            created_at=self.now,
+            updated_at=self.now,
+            last_seen=self.now,
+            expires_at=self.now,
+        )
+        attrs.evolve(probe, **changes)  # every value valid, before the session is looked up
         if sid not in self.sessions:
             raise SessionNotFound(sid)
         new = attrs.evolve(self.sessions[sid], **changes, updated_at=self.now)

@@ -163,12 +163,6 @@ class BaseStore(ABC):
         return utc_ms(self._clock())
 
     @contextmanager
-    def _read(self) -> Iterator[datetime]:
-        now = self._now()
-        with self._reading():
-            yield now
-
-    @contextmanager
     def _write(self) -> Iterator[datetime]:
         now = self._now()
         with self._writing(savepoint=False):
@@ -219,11 +213,13 @@ class BaseStore(ABC):
         return session
 
     def get(self, session_id: str) -> Session | None:
-        with self._read():
+        self._check_open()
+        with self._reading():
             return self._get(session_id)
 
     def get_by_ppid(self, ppid: int) -> Session | None:
-        with self._read() as now:
+        now = self._now()
+        with self._reading():
             found = self._select(now, active_only=True, notify_only=False, ppid=ppid, limit=1)
         return found[0] if found else None
 
@@ -233,7 +229,8 @@ class BaseStore(ABC):
     def list_sessions(
         self, *, active_only: bool = False, notify_only: bool = False
     ) -> list[Session]:
-        with self._read() as now:
+        now = self._now()
+        with self._reading():
             return self._select(now, active_only=active_only, notify_only=notify_only)
 
     def update(self, session_id: str, **changes: Any) -> Session:
@@ -272,7 +269,8 @@ class BaseStore(ABC):
             from registry.liveness import is_process_alive
 
             is_alive = is_process_alive
-        with self._read() as now:
+        now = self._now()
+        with self._reading():
             candidates = [
                 session
                 for session in self._select(now, active_only=False, notify_only=False)
@@ -337,11 +335,13 @@ class BaseStore(ABC):
         return record
 
     def get_session_by_token(self, token: str) -> Session | None:
-        with self._read() as now:
+        now = self._now()
+        with self._reading():
             return self._session_of_live_token(token, now)
 
     def validate_token(self, token: str, chat_id: int) -> Token:
-        with self._read() as now:
+        now = self._now()
+        with self._reading():
             found = self._get_token(token)
         if found is None:
             raise TokenNotFound("no such token")
@@ -356,7 +356,8 @@ class BaseStore(ABC):
             return self._delete_token(token)
 
     def tokens_for_session(self, session_id: str) -> list[Token]:
-        with self._read():
+        self._check_open()
+        with self._reading():
             return self._tokens_of(session_id)
 
     def cleanup_expired_tokens(self) -> int:

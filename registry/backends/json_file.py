@@ -52,9 +52,39 @@ R = TypeVar("R")
 _FileKey = tuple[int, int, int]
 
 
-def dumps_legacy(document: dict[str, Any]) -> bytes:
-    """Serialise as the legacy daemon does: two-space indent, raw UTF-8, a final newline."""
-    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+def dumps_legacy(fragments: list[tuple[str, str]]) -> bytes:
+    """The file ``json.dumps(document, indent=2, ensure_ascii=False)`` writes, plus a newline.
+
+    Built from each record's own serialised text (see :class:`_Fragments`): the same bytes as
+    the legacy daemon's two-space indented, raw UTF-8 output.
+    """
+    if not fragments:
+        return b"{}\n"
+    body = ",\n".join(f"  {json.dumps(key, ensure_ascii=False)}: {text}" for key, text in fragments)
+    return ("{\n" + body + "\n}\n").encode("utf-8")
+
+
+class _Fragments:
+    """Each record's serialised text, reused while the record object is the same.
+
+    ``json.dumps`` with ``indent`` runs the pure-Python encoder: re-serialising every record on
+    every write took 34 of 43 ms per register at 1,000 sessions. Records are immutable, so an
+    unchanged record (the same object) keeps its text.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[str, tuple[object, str]] = {}
+
+    def render(self, records: dict[str, Any], to_legacy: Any) -> bytes:
+        texts: dict[str, tuple[object, str]] = {}
+        for key, record in records.items():
+            hit = self._texts.get(key)
+            if hit is None or hit[0] is not record:
+                text = json.dumps(to_legacy(record), indent=2, ensure_ascii=False)
+                hit = (record, text.replace("\n", "\n  "))
+            texts[key] = hit
+        self._texts = texts
+        return dumps_legacy([(key, text) for key, (_, text) in texts.items()])
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -125,6 +155,7 @@ class JsonStore(BaseStore):
         # Parsed files keyed by (inode, size, mtime_ns): an unchanged file is not parsed again.
         self._cache: dict[str, tuple[_FileKey, int, dict[str, Any]]] = {}
         self._loaded: tuple[tuple[_FileKey | None, _FileKey | None], _State] | None = None
+        self._fragments = {SESSIONS_FILE: _Fragments(), TOKENS_FILE: _Fragments()}
         self._reset_for_process()
         self._guard(lambda: ensure_private_dir(self.data_dir))
         with self._reading():  # refuse a corrupt file at open, not at first use
@@ -286,11 +317,11 @@ class JsonStore(BaseStore):
         """Write the files ``state`` changed (the lock is held)."""
         writes: list[tuple[str, bytes, dict[str, Any]]] = []
         if state.sessions_changed:
-            document = {sid: session_to_legacy(s) for sid, s in state.sessions.items()}
-            writes.append((SESSIONS_FILE, dumps_legacy(document), state.sessions))
+            data = self._fragments[SESSIONS_FILE].render(state.sessions, session_to_legacy)
+            writes.append((SESSIONS_FILE, data, state.sessions))
         if state.tokens_changed:
-            document = {value: token_to_legacy(t) for value, t in state.tokens.items()}
-            writes.append((TOKENS_FILE, dumps_legacy(document), state.tokens))
+            data = self._fragments[TOKENS_FILE].render(state.tokens, token_to_legacy)
+            writes.append((TOKENS_FILE, data, state.tokens))
         if writes:  # a change that changes nothing writes nothing
             self._guard(lambda: self._write_files(writes))
 

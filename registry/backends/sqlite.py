@@ -27,6 +27,7 @@ from registry.backends.sqlite_sql import (
     TOKEN_COLUMNS,
     UPSERT_SESSION,
     UPSERT_TOKEN,
+    Translator,
     connect,
     prepare_schema,
     refuse_orphan_wal,
@@ -39,7 +40,16 @@ from registry.backends.sqlite_sql import (
     update_row,
 )
 from registry.errors import SessionNotFound, ValidationError
-from registry.models import Session, Token, Transport, add_ttl, check_update, from_ms, to_ms
+from registry.models import (
+    Session,
+    Token,
+    Transport,
+    add_ttl,
+    check_update,
+    to_ms,
+    trusted_session,
+    trusted_token,
+)
 from registry.paths import create_private_file, ensure_private_dir
 from registry.validation import (
     check_key,
@@ -93,24 +103,6 @@ def _details_json(transport: Transport) -> str:
     return json.dumps(dict(transport.details), separators=(",", ":"))
 
 
-def _session_from_row(row: tuple[Any, ...]) -> Session:
-    return Session(
-        session_id=row[0],
-        ppid=row[1],
-        pid=row[2],
-        start_time=row[3],
-        cwd=row[4],
-        label=row[5],
-        notify=bool(row[6]),
-        transport=Transport(kind=row[7], details=json.loads(row[8])),
-        state=row[9],
-        created_at=from_ms(row[10]),
-        updated_at=from_ms(row[11]),
-        last_seen=from_ms(row[12]),
-        expires_at=from_ms(row[13]),
-    )
-
-
 def _token_row(token: Token) -> tuple[Any, ...]:
     return (
         token.token,
@@ -120,18 +112,6 @@ def _token_row(token: Token) -> tuple[Any, ...]:
         json.dumps(token.context.to_dict(), separators=(",", ":")),
         to_ms(token.created_at),
         to_ms(token.expires_at),
-    )
-
-
-def _token_from_row(row: tuple[Any, ...]) -> Token:
-    return Token(
-        token=row[0],
-        session_id=row[1],
-        chat_id=row[2],
-        scopes=json.loads(row[3]),
-        context=json.loads(row[4]),
-        created_at=from_ms(row[5]),
-        expires_at=from_ms(row[6]),
     )
 
 
@@ -159,6 +139,8 @@ class SqliteStore(BaseStore):
         self.path = Path(path)
         self._timeout = lock_timeout_s
         self._local = _Local()
+        self._translator = Translator(self.path)
+        self._select_sql: dict[tuple[bool, bool, bool, int | None], str] = {}
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         with translated(self.path):
@@ -203,10 +185,10 @@ class SqliteStore(BaseStore):
 
     # ----------------------------------------------------------------- scopes
 
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        with translated(self.path):
-            yield
+    def _reading(self) -> AbstractContextManager[None]:
+        # A plain object, not a generator: reads are the hot path, and a generator-based
+        # context manager costs more than the SELECT of a lookup by id.
+        return self._translator
 
     def _writing(self, *, savepoint: bool) -> AbstractContextManager[None]:
         return self._transaction(savepoint=savepoint)
@@ -292,7 +274,7 @@ class SqliteStore(BaseStore):
                 expires_at=to_ms(add_ttl(now, self.session_ttl)),
             )
         # The model is built after COMMIT: the write lock is held no longer than SQLite needs.
-        return _session_from_row(row)
+        return trusted_session(row)
 
     def touch(self, session_id: str) -> Session:
         with self._write() as now:
@@ -301,7 +283,7 @@ class SqliteStore(BaseStore):
             )
             if row is None:
                 raise SessionNotFound(f"no session {session_id!r}")
-        return _session_from_row(row)
+        return trusted_session(row)
 
     def update(self, session_id: str, **changes: Any) -> Session:
         columns = _update_columns(changes)
@@ -309,7 +291,7 @@ class SqliteStore(BaseStore):
             row = update_row(self._conn(), session_id, columns, to_ms(now))
             if row is None:
                 raise SessionNotFound(f"no session {session_id!r}")
-        return _session_from_row(row)
+        return trusted_session(row)
 
     def remove(self, session_id: str) -> bool:
         with self._write():
@@ -323,7 +305,7 @@ class SqliteStore(BaseStore):
             .execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))
             .fetchone()
         )
-        return None if row is None else _session_from_row(row)
+        return None if row is None else trusted_session(row)
 
     def _put(self, session: Session) -> None:
         self._conn().execute(UPSERT_SESSION, _session_row(session))
@@ -343,23 +325,25 @@ class SqliteStore(BaseStore):
         ppid: int | None = None,
         limit: int | None = None,
     ) -> list[Session]:
-        where: list[str] = []
-        params: list[Any] = []
-        if ppid is not None:
-            where.append("ppid = ?")
-            params.append(ppid)
-        if notify_only:
-            where.append("notify = 1")
-        if active_only:
-            where.append("state = 'running' AND expires_at > ?")
-            params.append(to_ms(now))
-        sql = f"SELECT {SESSION_COLUMNS} FROM sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " " + ORDER
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [_session_from_row(row) for row in self._conn().execute(sql, params)]
+        key = (ppid is not None, notify_only, active_only, limit)
+        sql = self._select_sql.get(key)
+        if sql is None:
+            where = []
+            if ppid is not None:
+                where.append("ppid = :ppid")
+            if notify_only:
+                where.append("notify = 1")
+            if active_only:
+                where.append("state = 'running' AND expires_at > :now")
+            sql = f"SELECT {SESSION_COLUMNS} FROM sessions"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " " + ORDER
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
+            self._select_sql[key] = sql
+        params = {"ppid": ppid, "now": to_ms(now)}
+        return [trusted_session(row) for row in self._conn().execute(sql, params)]
 
     def _expired_ids(self, now: datetime) -> list[str]:
         rows = self._conn().execute(
@@ -373,7 +357,7 @@ class SqliteStore(BaseStore):
             .execute(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?", (token,))
             .fetchone()
         )
-        return None if row is None else _token_from_row(row)
+        return None if row is None else trusted_token(row)
 
     def _put_token(self, token: Token) -> None:
         self._conn().execute(UPSERT_TOKEN, _token_row(token))
@@ -386,7 +370,7 @@ class SqliteStore(BaseStore):
             f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE session_id = ? ORDER BY created_at, token",
             (session_id,),
         )
-        return [_token_from_row(row) for row in rows]
+        return [trusted_token(row) for row in rows]
 
     def _delete_expired_tokens(self, now: datetime) -> int:
         cursor = self._conn().execute("DELETE FROM tokens WHERE expires_at <= ?", (to_ms(now),))
@@ -404,7 +388,7 @@ class SqliteStore(BaseStore):
             )
             .fetchone()
         )
-        return None if row is None else _session_from_row(row)
+        return None if row is None else trusted_session(row)
 
     # ----------------------------------------------------------------- whole-store operations
 
@@ -420,13 +404,13 @@ class SqliteStore(BaseStore):
             conn.execute("BEGIN")
             try:
                 sessions = [
-                    _session_from_row(row)
+                    trusted_session(row)
                     for row in conn.execute(
                         f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY rowid"
                     )
                 ]
                 tokens = [
-                    _token_from_row(row)
+                    trusted_token(row)
                     for row in conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY rowid")
                 ]
             finally:

@@ -118,6 +118,22 @@ def translate(exc: BaseException, path: Path) -> RegistryError:
     return RegistryError(f"{path}: {type(exc).__name__}: {message}")
 
 
+class Translator:
+    """A reusable context manager that re-raises sqlite3 errors as registry errors."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.Error | OSError):
+            raise translate(exc, self.path) from exc
+
+
 @contextmanager
 def translated(path: Path) -> Iterator[None]:
     """Re-raise sqlite3 and OS errors as registry errors, chained with ``from``."""

@@ -128,3 +128,22 @@ def test_newer_schema_is_refused_by_the_cli_with_exit_3(tmp_path: Path) -> None:
     assert db.read_bytes() == before
     with pytest.raises(RegistryError):
         open_store({"backend": "sqlite", "data_dir": str(data)})
+
+
+def test_doctor_validates_every_stored_record(tmp_path: Path) -> None:
+    """Reads trust the rows they get back; doctor is where a hand-edited row is caught."""
+    data = tmp_path / "data"
+    db = build(data, count=5)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE sessions SET transport_kind = 'vim', ppid = -4 WHERE session_id = 's3'")
+    conn.commit()
+    conn.close()
+    done = subprocess.run(
+        [str(SCRIPT), "--data-dir", str(data), "--json", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    records = {c["check"]: c for c in json.loads(done.stdout)}["records"]
+    assert records["status"] == "fail" and "'s3'" in records["detail"]

@@ -6,18 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-OPS = [
-    "get",
-    "register_new",
-    "register_existing",
-    "update",
-    "get_by_ppid",
-    "notify_list",
-    "mint",
-    "validate",
-    "cleanup",
-    "open_get_close",
-]
+from subjects import OPS
 
 
 def fmt(us: float) -> str:

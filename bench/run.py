@@ -30,18 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from subjects import SUBJECTS, Subject, session_record
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS = [
-    "get",
-    "register_new",
-    "register_existing",
-    "update",
-    "get_by_ppid",
-    "notify_list",
-    "mint",
-    "validate",
-    "cleanup",
-    "open_get_close",
-]
 NOTIFY_SESSIONS = 10  # constant whatever the size: the list's cost should not grow with the store
 
 

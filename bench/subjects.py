@@ -32,6 +32,19 @@ from registry.backends.sqlite_sql import MIGRATIONS, SESSION_COLUMNS
 from registry.models import Transport
 
 DAY_MS = 86_400_000
+# The single-process workloads of bench/run.py, in report order.
+OPS = [
+    "get",
+    "register_new",
+    "register_existing",
+    "update",
+    "get_by_ppid",
+    "notify_list",
+    "mint",
+    "validate",
+    "cleanup",
+    "open_get_close",
+]
 Record = dict[str, Any]
 
 

@@ -53,10 +53,10 @@ def _mode_check(name: str, path: Path, private: int) -> Check:
     return Check(name, "ok", f"{path} is {mode:04o}")
 
 
-def filesystem_type(path: Path) -> str | None:
-    """The type of the filesystem holding ``path``, from /proc/mounts (Linux)."""
+def filesystem_type(path: Path, mounts: Path = Path("/proc/mounts")) -> str | None:
+    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
     try:
-        lines = Path("/proc/mounts").read_text().splitlines()
+        lines = mounts.read_text().splitlines()
     except OSError:
         return None
     resolved = str(path.resolve())
@@ -72,8 +72,8 @@ def filesystem_type(path: Path) -> str | None:
     return kind
 
 
-def _filesystem_check(data_dir: Path) -> Check:
-    kind = filesystem_type(data_dir)
+def _filesystem_check(data_dir: Path, mounts: Path = Path("/proc/mounts")) -> Check:
+    kind = filesystem_type(data_dir, mounts)
     if kind is None:
         return Check("filesystem", "info", "type unknown (no /proc/mounts)")
     if kind in NETWORK_FILESYSTEMS or kind.startswith(NETWORK_FUSE):

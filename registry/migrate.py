@@ -27,6 +27,7 @@ from registry.models import (
     Session,
     Token,
     differing_fields,
+    parse_json_object,
     session_from_legacy,
     token_from_legacy,
     token_hint,
@@ -122,15 +123,9 @@ def _read_source(path: Path, sources: dict[str, dict[str, Any]]) -> dict[str, An
         raise MigrationError(f"{path}: cannot read: {exc.strerror}") from exc
     sources[path.name] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise MigrationError(f"{path}: not UTF-8 text ({exc.reason}); nothing imported") from exc
-    except json.JSONDecodeError as exc:
-        raise MigrationError(f"{path}: not valid JSON ({exc}); nothing imported") from exc
-    if not isinstance(document, dict):
-        kind = type(document).__name__
-        raise MigrationError(f"{path}: holds JSON {kind}, not an object; nothing imported")
-    return document
+        return parse_json_object(raw)
+    except ValidationError as exc:
+        raise MigrationError(f"{path}: {exc}; nothing imported") from exc
 
 
 def read_legacy(

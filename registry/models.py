@@ -46,6 +46,7 @@ __all__ = [
     "differing_fields",
     "from_ms",
     "iso",
+    "parse_json_object",
     "session_from_legacy",
     "session_to_json",
     "session_to_legacy",
@@ -403,6 +404,19 @@ def trusted_token(row: tuple[Any, ...]) -> Token:
 
 
 # --------------------------------------------------------------------------- legacy JSON format
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A legacy file's content: UTF-8 JSON holding an object; ValidationError says what is wrong."""
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"not UTF-8 text ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise ValidationError(f"holds JSON {type(document).__name__}, not an object")
+    return document
 
 
 def unwrap_sessions_document(document: object) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from registry.errors import RegistryError, StoreBusy, StoreCorrupted, Validation
 from registry.models import (
     Session,
     Token,
+    parse_json_object,
     session_from_legacy,
     session_to_legacy,
     token_from_legacy,
@@ -293,25 +294,18 @@ class JsonStore(BaseStore):
 
     def _parse_document(self, path: Path, raw: bytes) -> dict[str, Any]:
         try:
-            document = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise StoreCorrupted(f"{path}: not UTF-8 text ({exc.reason})") from exc
-        except json.JSONDecodeError as exc:
-            raise StoreCorrupted(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(document, dict):
-            raise StoreCorrupted(f"{path}: holds JSON {type(document).__name__}, not an object")
-        try:
+            document = parse_json_object(raw)
             if path.name == SESSIONS_FILE:
                 return {
-                    key: session_from_legacy(key, raw, session_ttl=self._session_ttl)
-                    for key, raw in unwrap_sessions_document(document).items()
+                    key: session_from_legacy(key, record, session_ttl=self._session_ttl)
+                    for key, record in unwrap_sessions_document(document).items()
                 }
             return {
-                key: token_from_legacy(key, raw, token_ttl=self._token_ttl)
-                for key, raw in document.items()
+                key: token_from_legacy(key, record, token_ttl=self._token_ttl)
+                for key, record in document.items()
             }
         except ValidationError as exc:
-            raise StoreCorrupted(f"{path}: a record cannot be read: {exc}") from exc
+            raise StoreCorrupted(f"{path}: cannot be read: {exc}") from exc
 
     def _commit(self, state: _State) -> None:
         """Write the files ``state`` changed (the lock is held)."""

@@ -23,6 +23,18 @@ SCRIPT = Path(sys.executable).parent / "ccr-registry"
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "legacy-samples"
 
 
+def doctor(data_dir: Path) -> dict[str, dict[str, str]]:
+    """``ccr-registry doctor --json`` on a damaged store: it must exit 1; its checks by name."""
+    done = subprocess.run(
+        [str(SCRIPT), "--data-dir", str(data_dir), "--json", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    return {c["check"]: c for c in json.loads(done.stdout)}
+
+
 def build(data_dir: Path, count: int = 300) -> Path:
     with open_store({"backend": "sqlite", "data_dir": str(data_dir)}) as store, store.atomic():
         for i in range(count):
@@ -79,15 +91,7 @@ def test_flipped_byte_that_reads_survive_is_caught_by_doctor(tmp_path: Path) -> 
     db = build(data)
     damaged = find_flip(db.read_bytes(), tmp_path / "scratch.db", readable=True)
     db.write_bytes(damaged)
-    done = subprocess.run(
-        [str(SCRIPT), "--data-dir", str(data), "--json", "doctor"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1, done.stderr
-    status = {c["check"]: c for c in json.loads(done.stdout)}
-    assert status["integrity"]["status"] == "fail"
+    assert doctor(data)["integrity"]["status"] == "fail"
     assert db.read_bytes() == damaged
 
 
@@ -138,12 +142,5 @@ def test_doctor_validates_every_stored_record(tmp_path: Path) -> None:
     conn.execute("UPDATE sessions SET transport_kind = 'vim', ppid = -4 WHERE session_id = 's3'")
     conn.commit()
     conn.close()
-    done = subprocess.run(
-        [str(SCRIPT), "--data-dir", str(data), "--json", "doctor"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1
-    records = {c["check"]: c for c in json.loads(done.stdout)}["records"]
+    records = doctor(data)["records"]
     assert records["status"] == "fail" and "'s3'" in records["detail"]

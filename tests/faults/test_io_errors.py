@@ -168,29 +168,6 @@ def inject_json(target: str) -> Callable[[Store, Fault], Iterator[FaultyOS | Non
     return inject
 
 
-@pytest.mark.parametrize("code", ERRNOS, ids=["ENOSPC", "EIO"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("target", ["write", "fsync", "replace"])
-@pytest.mark.parametrize(
-    ("operation", "expected"),
-    [(two_file_unit, NEW_UNIT), (single_write, NEW_LABEL)],
-    ids=["two-file-unit", "single-file"],
-)
-def test_json_io_errors(
-    tmp_path: Path,
-    clock: FakeClock,
-    target: str,
-    mode: str,
-    code: int,
-    operation: Callable[[Store], None],
-    expected: State,
-) -> None:
-    calls = run_until_success(
-        tmp_path, "json", operation, inject_json(target), mode, code, expected, clock
-    )
-    assert calls >= 1  # the operation did call the target: the faults were real
-
-
 class FaultyConnection:
     """A sqlite3 connection whose execute/executemany fail as the Fault says."""
 
@@ -223,22 +200,37 @@ def inject_sqlite(store: Store, fault: Fault) -> Iterator[FaultyOS | None]:
         yield None
 
 
-@pytest.mark.parametrize("code", ERRNOS, ids=["SQLITE_FULL", "SQLITE_IOERR"])
+# (backend, what fails, injector, the least number of faultable calls the operations make)
+TARGETS = [
+    ("json", "write", inject_json("write"), 1),
+    ("json", "fsync", inject_json("fsync"), 1),
+    ("json", "replace", inject_json("replace"), 1),
+    ("sqlite", "execute", inject_sqlite, 3),  # BEGIN, the writes, COMMIT
+]
+
+
+@pytest.mark.parametrize("code", ERRNOS, ids=["ENOSPC", "EIO"])
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("backend", "inject", "least_calls"),
+    [(backend, inject, least) for backend, _, inject, least in TARGETS],
+    ids=[f"{backend}-{target}" for backend, target, _, _ in TARGETS],
+)
 @pytest.mark.parametrize(
     ("operation", "expected"),
     [(two_file_unit, NEW_UNIT), (single_write, NEW_LABEL)],
     ids=["unit", "single-write"],
 )
-def test_sqlite_io_errors(
+def test_io_errors(
     tmp_path: Path,
     clock: FakeClock,
+    backend: str,
+    inject: Callable[[Store, Fault], Iterator[FaultyOS | None]],
+    least_calls: int,
     mode: str,
     code: int,
     operation: Callable[[Store], None],
     expected: State,
 ) -> None:
-    calls = run_until_success(
-        tmp_path, "sqlite", operation, inject_sqlite, mode, code, expected, clock
-    )
-    assert calls >= 3  # BEGIN, the writes, COMMIT: every one of them failed once
+    calls = run_until_success(tmp_path, backend, operation, inject, mode, code, expected, clock)
+    assert calls >= least_calls  # the faults were real: every one of those calls failed once

@@ -35,6 +35,8 @@ HOOK_DEADLINE_S: Final = 5.0
 HOOK_STDIN_LIMIT: Final = 1 << 20
 
 PROG: Final = "ccr-registry"
+# URL-safe base64 may begin with "-", which argparse would read as an option.
+TOKEN_HELP: Final = 'the token value; put "--" before it if it starts with "-"'
 
 
 class CommandError(Exception):
@@ -787,11 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--scope", action="append", default=[])
     mint.set_defaults(func=cmd_tokens_mint)
     validate = sub.add_parser("validate", parents=[output], help="check a token for a chat")
-    validate.add_argument("token")
+    validate.add_argument("token", help=TOKEN_HELP)
     validate.add_argument("chat_id", type=chat_id)
     validate.set_defaults(func=cmd_tokens_validate)
     revoke = sub.add_parser("revoke", parents=[output], help="delete a token")
-    revoke.add_argument("token")
+    revoke.add_argument("token", help=TOKEN_HELP)
     revoke.set_defaults(func=cmd_tokens_revoke)
     tlist = sub.add_parser("list", parents=[output], help="tokens of a session (values hidden)")
     tlist.add_argument("session_id")

@@ -232,19 +232,19 @@ def test_tokens_are_printed_only_by_mint(run: Run) -> None:
     assert value not in listed.stdout and "sha256:" in listed.stdout
     assert value not in run("--json", "tokens", "list", "s1").stdout
     assert value in run("tokens", "list", "s1", "--show-tokens").stdout
-    valid = run("--json", "tokens", "validate", value, "-100")
+    valid = run("--json", "tokens", "validate", "--", value, "-100")
     assert valid.returncode == 0 and json.loads(valid.stdout)["valid"] is True
     assert value not in valid.stdout
-    wrong = run("--json", "tokens", "validate", value, "5")
+    wrong = run("--json", "tokens", "validate", "--", value, "5")
     assert wrong.returncode == 1 and json.loads(wrong.stdout) == {
         "valid": False,
         "reason": "chat mismatch",
     }
-    assert run("tokens", "revoke", value).returncode == 0
-    assert run("tokens", "revoke", value).returncode == 1
-    assert json.loads(run("--json", "tokens", "validate", value, "-100").stdout)["reason"] == (
-        "not found"
-    )
+    assert run("tokens", "revoke", "--", value).returncode == 0
+    assert run("tokens", "revoke", "--", value).returncode == 1
+    assert json.loads(run("--json", "tokens", "validate", "--", value, "-100").stdout)[
+        "reason"
+    ] == ("not found")
 
 
 @pytest.mark.parametrize(
@@ -343,3 +343,16 @@ def test_config_file_in_the_data_dir_is_used(run: Run, tmp_path: Path) -> None:
     run("sessions", "register", "s1")
     assert (data / "claude-sessions.json").exists()
     assert not (data / "ccr.db").exists()
+
+
+def test_a_token_starting_with_a_dash_is_passed_after_double_dash(run: Run, tmp_path: Path) -> None:
+    """URL-safe base64 tokens start with "-" one time in 64; "--" ends the options."""
+    run("sessions", "register", "s1")
+    from registry import open_store
+
+    with open_store({"backend": "sqlite", "data_dir": str(tmp_path / "data")}) as store:
+        store.tokens.store_token("-dash-first-token", "s1", 5)
+    assert run("tokens", "validate", "-dash-first-token", "5").returncode == 2  # read as an option
+    done = run("--json", "tokens", "validate", "--", "-dash-first-token", "5")
+    assert done.returncode == 0 and json.loads(done.stdout)["valid"] is True
+    assert run("tokens", "revoke", "--", "-dash-first-token").returncode == 0

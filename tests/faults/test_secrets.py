@@ -98,14 +98,14 @@ def test_no_raw_token_leaks(
     for args in (
         ("tokens", "list", "c1"),
         ("--json", "tokens", "list", "c1"),
-        ("--json", "tokens", "validate", mint["token"], "5"),
-        ("--json", "tokens", "validate", mint["token"], "6"),
+        ("--json", "tokens", "validate", "--", mint["token"], "5"),
+        ("--json", "tokens", "validate", "--", mint["token"], "6"),
         ("sessions", "show", "c1"),
         ("--json", "doctor"),
         ("--json", "migrate"),
         ("--json", "verify"),
-        ("tokens", "revoke", mint["token"]),
-        ("tokens", "revoke", mint["token"]),
+        ("tokens", "revoke", "--", mint["token"]),
+        ("tokens", "revoke", "--", mint["token"]),
     ):
         done = cli(*args)
         written.extend([done.stdout, done.stderr])

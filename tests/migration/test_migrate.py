@@ -234,13 +234,16 @@ def test_import_killed_at_random_moments_never_blocks_the_next_start(tmp_path: P
     config = {"backend": "sqlite", "data_dir": str(data), "lock_timeout_s": 60}
     rng = random.Random(7)
     interrupted = 0
-    for _round in range(4):
+    for _round in range(5):
         worker = Worker("first-start", config, "0", 0)
         start_together([worker])
-        time.sleep(rng.uniform(0.05, 1.2))  # jitter: the kill lands somewhere in the import
+        time.sleep(rng.uniform(0.02, 0.8))  # jitter: the kill lands somewhere in the import
         worker.kill()
-        if (data / "ccr.db").exists():  # the import had finished: start over for the next round
-            (data / "ccr.db").unlink()
+        if (data / "ccr.db").exists():
+            # The import had finished (and the killed worker had the database open): remove the
+            # database with its WAL and shared memory, as a user would, to import again.
+            for name in ("ccr.db", "ccr.db-wal", "ccr.db-shm"):
+                (data / name).unlink(missing_ok=True)
         else:
             interrupted += 1
     assert interrupted, "no kill landed before the import finished"

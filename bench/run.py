@@ -46,14 +46,7 @@ def dataset(size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for i, s in enumerate(sessions):
         s["label"] = "0" if i == 0 else s["label"]
     tokens = [
-        {
-            "token": f"tok-{i:06d}-{'x' * 10}",
-            "session_id": f"s{i:06d}",
-            "chat_id": i,
-            "created_at": now,
-            "expires_at": now + 86_400_000,
-        }
-        for i in range(0, size, 10)
+        token_record(f"tok-{i:06d}-{'x' * 10}", f"s{i:06d}", i, now) for i in range(0, size, 10)
     ]
     return sessions, tokens
 
@@ -291,14 +284,6 @@ def machine() -> str:
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
         f"temp directory on {fs}"
     )
-
-
-def fmt(value: float) -> str:
-    if value >= 100_000:
-        return f"{value / 1000:,.0f} ms"
-    if value >= 1000:
-        return f"{value / 1000:,.1f} ms"
-    return f"{value:,.1f} µs"
 
 
 def main() -> None:

@@ -67,6 +67,16 @@ def session_record(sid: str, ppid: int, now: int, *, notify: bool = False) -> Re
     }
 
 
+def token_record(token: str, sid: str, chat: int, now: int) -> Record:
+    return {
+        "token": token,
+        "session_id": sid,
+        "chat_id": chat,
+        "created_at": now,
+        "expires_at": now + DAY_MS,
+    }
+
+
 class Subject:
     name = ""
     kind = "peer"  # "ours", "floor" or "peer"
@@ -398,13 +408,7 @@ class KeyValue(Subject):
                 raise LookupError(sid)
             self.kv_set(
                 "t:" + token,
-                {
-                    "token": token,
-                    "session_id": sid,
-                    "chat_id": chat,
-                    "created_at": now,
-                    "expires_at": now + DAY_MS,
-                },
+                token_record(token, sid, chat, now),
             )
         return token
 
@@ -582,13 +586,7 @@ class WholeFile(Subject):
         def change(doc: dict[str, Any]) -> None:
             if sid not in doc["sessions"]:
                 raise LookupError(sid)
-            doc["tokens"][token] = {
-                "token": token,
-                "session_id": sid,
-                "chat_id": chat,
-                "created_at": now,
-                "expires_at": now + DAY_MS,
-            }
+            doc["tokens"][token] = token_record(token, sid, chat, now)
 
         self._change(change)
         return token
@@ -711,15 +709,7 @@ class TinyDbSubject(WholeFile):
     def mint(self, sid: str, chat: int, now: int) -> str:
         token = secrets.token_urlsafe(16)
         with self._db() as db:
-            db.table("tokens").insert(
-                {
-                    "token": token,
-                    "session_id": sid,
-                    "chat_id": chat,
-                    "created_at": now,
-                    "expires_at": now + DAY_MS,
-                }
-            )
+            db.table("tokens").insert(token_record(token, sid, chat, now))
         return token
 
     def cleanup(self, now: int) -> int:

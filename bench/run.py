@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from subjects import SUBJECTS, Subject, session_record
+from subjects import SUBJECTS, Subject, session_record, token_record
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTIFY_SESSIONS = 10  # constant whatever the size: the list's cost should not grow with the store

@@ -38,6 +38,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 EPOCH_START = datetime(2026, 2, 9, 1, 20, tzinfo=UTC)
 
+# Legacy JSON files as the legacy daemon writes them ("real") and as the consolidation plan
+# documents them ("plan"): the project's own copies, so the suite needs nothing outside the clone.
+LEGACY_SAMPLES = Path(__file__).resolve().parent / "data" / "legacy"
+
 # Every backend the suites run against, by the [store] table that opens it (data_dir is added
 # per test). The dual backend runs both ways round.
 BACKENDS: dict[str, dict[str, Any]] = {

@@ -15,9 +15,8 @@ import pytest
 
 from registry import Store, StoreCorrupted, Transport, open_store
 from registry.backends.json_file import JOURNAL_FILE, TEMP_PREFIX, JsonStore
-from tests.conftest import FakeClock, data_files
+from tests.conftest import LEGACY_SAMPLES, FakeClock, data_files
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "legacy-samples"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,7 +31,7 @@ def open_json(data_dir: Path, clock: FakeClock, **extra: object) -> Store:
 
 def copy_sample(shape: str, data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
-    for path in (SAMPLES / shape).iterdir():
+    for path in (LEGACY_SAMPLES / shape).iterdir():
         shutil.copy(path, data_dir / path.name)
 
 
@@ -86,8 +85,8 @@ def test_rewrites_in_the_real_legacy_format(tmp_path: Path, clock: FakeClock) ->
         store.tokens.store_token("new-token", "new-session", 77)
     sessions = json.loads((tmp_path / "claude-sessions.json").read_text())
     tokens = json.loads((tmp_path / "claude-tokens.json").read_text())
-    original_sessions = json.loads((SAMPLES / "real" / "claude-sessions.json").read_text())
-    original_tokens = json.loads((SAMPLES / "real" / "claude-tokens.json").read_text())
+    original_sessions = json.loads((LEGACY_SAMPLES / "real" / "claude-sessions.json").read_text())
+    original_tokens = json.loads((LEGACY_SAMPLES / "real" / "claude-tokens.json").read_text())
     assert {k: v for k, v in sessions.items() if k != "new-session"} == original_sessions
     assert {k: v for k, v in tokens.items() if k != "new-token"} == original_tokens
     assert sessions["new-session"]["transport"] == {"kind": "unknown"}

@@ -16,8 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.conftest import LEGACY_SAMPLES
+
 SCRIPT = Path(sys.executable).parent / "ccr-registry"
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "legacy-samples"
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -280,7 +281,7 @@ def test_store_error_exit_code_3(run: Run, tmp_path: Path) -> None:
 
 def test_cutover_commands(run: Run, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    shutil.copytree(SAMPLES / "real", data)
+    shutil.copytree(LEGACY_SAMPLES / "real", data)
     report = json.loads(run("--json", "migrate").stdout)
     assert (report["sessions_imported"], report["tokens_imported"]) == (4, 3)
     assert run("migrate").returncode == 3  # refuses to overwrite

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from registry import RegistryError, StoreCorrupted, open_store
+from tests.conftest import LEGACY_SAMPLES
 
 SCRIPT = Path(sys.executable).parent / "ccr-registry"
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "legacy-samples"
 
 
 def doctor(data_dir: Path) -> dict[str, dict[str, str]]:
@@ -106,7 +106,7 @@ def test_wal_without_its_database_is_refused(tmp_path: Path) -> None:
     ):
         with pytest.raises(StoreCorrupted, match="without its database"):
             open_store(config)
-    shutil.copy(SAMPLES / "real" / "claude-sessions.json", data)
+    shutil.copy(LEGACY_SAMPLES / "real" / "claude-sessions.json", data)
     with pytest.raises(StoreCorrupted, match="without its database"):
         open_store({"backend": "sqlite", "data_dir": str(data)})  # the first-start import too
     assert not (data / "ccr.db").exists()

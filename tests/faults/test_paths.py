@@ -7,7 +7,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +81,24 @@ def test_planted_data_file_symlink_is_replaced_not_written_through(
     assert not (data_dir / "claude-tokens.json").is_symlink()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the store as another user")
-def test_read_only_data_dir_gives_a_registry_error() -> None:
-    """As an unprivileged user, a directory without write permission refuses writes cleanly."""
-    base = Path(tempfile.mkdtemp(prefix="ccr-ro-"))  # pytest's own tmp dirs are root-only
-    base.chmod(0o755)
-    data = base / "ro"
+def without_dac_override() -> list[str]:
+    """A command prefix under which file permission bits apply to this process.
+
+    An unprivileged user is bound by them already. Root is not (CAP_DAC_OVERRIDE): it runs the
+    child with those capabilities dropped from its bounding set, as root still, so the child can
+    read the interpreter and the clone wherever they live (a 0700 parent directory included).
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("running as root needs util-linux's setpriv to drop CAP_DAC_OVERRIDE")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def test_read_only_data_dir_gives_a_registry_error(tmp_path: Path) -> None:
+    """A directory without write permission refuses writes cleanly, with nothing created."""
+    data = tmp_path / "ro"
     data.mkdir()
     data.chmod(0o555)
     script = (
@@ -101,24 +112,17 @@ def test_read_only_data_dir_gives_a_registry_error() -> None:
         "    else:\n"
         "        print(backend, 'wrote')\n"
     )
-    done = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            script,
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=60,
-    )
+    try:
+        done = subprocess.run(
+            [*without_dac_override(), sys.executable, "-c", script, str(data)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+        )
+    finally:
+        data.chmod(0o755)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["json RegistryError", "sqlite RegistryError"]
     assert list(data.iterdir()) == []
-    shutil.rmtree(base)

@@ -21,9 +21,9 @@ from registry.migrate import (
     stored_report,
 )
 from registry.models import token_hint
+from tests.conftest import LEGACY_SAMPLES
 from tests.helpers.processes import Worker, start_together
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "legacy-samples"
 SESSIONS, TOKENS = "claude-sessions.json", "claude-tokens.json"
 
 
@@ -54,8 +54,8 @@ def session_record(sid: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_both_sample_shapes_import_to_the_same_store(tmp_path: Path) -> None:
-    real = import_json(SAMPLES / "real", tmp_path / "real.db")
-    plan = import_json(SAMPLES / "plan", tmp_path / "plan.db")
+    real = import_json(LEGACY_SAMPLES / "real", tmp_path / "real.db")
+    plan = import_json(LEGACY_SAMPLES / "plan", tmp_path / "plan.db")
     assert (real.sessions_imported, real.tokens_imported, real.skipped) == (4, 3, [])
     assert (plan.sessions_imported, plan.tokens_imported, plan.skipped) == (4, 3, [])
     with open_sqlite(tmp_path / "real.db") as a, open_sqlite(tmp_path / "plan.db") as b:
@@ -69,17 +69,17 @@ def test_both_sample_shapes_import_to_the_same_store(tmp_path: Path) -> None:
 
 
 def test_export_of_the_imported_real_sample_reproduces_it(tmp_path: Path) -> None:
-    import_json(SAMPLES / "real", tmp_path / "ccr.db")
+    import_json(LEGACY_SAMPLES / "real", tmp_path / "ccr.db")
     export_json(tmp_path / "ccr.db", tmp_path / "out")
     for name in (SESSIONS, TOKENS):
         exported = (tmp_path / "out" / name).read_bytes()
-        original = (SAMPLES / "real" / name).read_bytes()
+        original = (LEGACY_SAMPLES / "real" / name).read_bytes()
         assert json.loads(exported) == json.loads(original)
         assert exported == original  # even byte for byte
 
 
 def test_import_leaves_the_json_files_byte_identical(tmp_path: Path) -> None:
-    shutil.copytree(SAMPLES / "real", tmp_path / "legacy")
+    shutil.copytree(LEGACY_SAMPLES / "real", tmp_path / "legacy")
     before = {p.name: p.read_bytes() for p in (tmp_path / "legacy").iterdir()}
     report = import_json(tmp_path / "legacy", tmp_path / "ccr.db")
     assert {p.name: p.read_bytes() for p in (tmp_path / "legacy").iterdir()} == before
@@ -88,15 +88,15 @@ def test_import_leaves_the_json_files_byte_identical(tmp_path: Path) -> None:
 
 
 def test_report_is_stored_in_the_database(tmp_path: Path) -> None:
-    report = import_json(SAMPLES / "plan", tmp_path / "ccr.db")
+    report = import_json(LEGACY_SAMPLES / "plan", tmp_path / "ccr.db")
     assert stored_report(tmp_path / "ccr.db") == report
 
 
 def test_import_refuses_an_existing_database(tmp_path: Path) -> None:
-    import_json(SAMPLES / "real", tmp_path / "ccr.db")
+    import_json(LEGACY_SAMPLES / "real", tmp_path / "ccr.db")
     before = (tmp_path / "ccr.db").read_bytes()
     with pytest.raises(MigrationError, match="already exists"):
-        import_json(SAMPLES / "plan", tmp_path / "ccr.db")
+        import_json(LEGACY_SAMPLES / "plan", tmp_path / "ccr.db")
     assert (tmp_path / "ccr.db").read_bytes() == before
 
 
@@ -178,7 +178,7 @@ def test_missing_legacy_files_fail(tmp_path: Path) -> None:
 
 
 def test_first_start_of_sqlite_imports_by_itself_once(tmp_path: Path) -> None:
-    shutil.copytree(SAMPLES / "real", tmp_path / "data")
+    shutil.copytree(LEGACY_SAMPLES / "real", tmp_path / "data")
     config = {"backend": "sqlite", "data_dir": str(tmp_path / "data")}
     with open_store(config) as store:
         assert len(store.sessions.list_sessions()) == 4
@@ -190,7 +190,7 @@ def test_first_start_of_sqlite_imports_by_itself_once(tmp_path: Path) -> None:
 
 
 def test_first_start_without_migration_starts_empty(tmp_path: Path) -> None:
-    shutil.copytree(SAMPLES / "real", tmp_path / "data")
+    shutil.copytree(LEGACY_SAMPLES / "real", tmp_path / "data")
     config = {"backend": "sqlite", "data_dir": str(tmp_path / "data"), "migrate_from_json": False}
     with open_store(config) as store:
         assert store.sessions.list_sessions() == []

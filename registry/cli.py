@@ -160,6 +160,44 @@ def tokens_table(tokens: Sequence[Token], *, reveal: bool) -> str:
     return table(("TOKEN", "CHAT", "SCOPES", "CREATED", "EXPIRES"), rows)
 
 
+def progress_reporter(
+    label: str, *, clock: Callable[[], float] | None = None
+) -> Callable[[int, int], None] | None:
+    """A ``(done, total)`` callback that redraws one line on stderr, or None off a terminal.
+
+    Standard library only, no ``rich``: it is one line of output, and ``rich`` would be one
+    more runtime dependency and tens of milliseconds of import for every command. Off a
+    terminal (a pipe, a log file, a closed stderr) it returns None so that scripts and logs
+    get no carriage returns. ``clock`` (seconds, monotonic) is for tests.
+    """
+    import time
+
+    now_s = clock or time.monotonic
+    try:
+        if not sys.stderr.isatty():
+            return None
+    except (AttributeError, ValueError, OSError):  # closed or replaced stderr
+        return None
+    interval_s = 0.2
+    last = -interval_s
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = now_s()
+        finished = done >= total
+        if not finished and now - last < interval_s:
+            return
+        last = now
+        percent = f" {100 * done // total:3d}%" if total > 0 else ""
+        try:
+            sys.stderr.write(f"\r{label}: {done}/{total}{percent}" + ("\n" if finished else ""))
+            sys.stderr.flush()
+        except (OSError, ValueError):  # the terminal went away: progress is optional
+            pass
+
+    return report
+
+
 # --------------------------------------------------------------------------- argument helpers
 
 

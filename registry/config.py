@@ -39,6 +39,18 @@ STORE_KEYS: Final = (
 )
 DUAL_KEYS: Final = ("primary", "secondary", "compare_reads", "strict")
 
+# Valid ranges, both ends included. The lock timeout ends at an hour: SQLite's busy timeout is a
+# C int of milliseconds, and a value past it silently became "do not wait at all"; below 1 ms
+# it is rounded to 0 ms, "do not wait" again. TTLs run from a minute to ten years: 1e-300 hours
+# made every token born expired, 1e9 hours put every expiry past the calendar (each register
+# failed) and 1e300 overflowed timedelta inside open_store.
+LOCK_TIMEOUT_S_RANGE: Final = (0.001, 3600.0)
+TTL_HOURS_RANGE: Final = (1 / 60, 10 * 365.25 * 24)
+_RANGE_TEXT: Final = {
+    LOCK_TIMEOUT_S_RANGE: "0.001 to 3600 (seconds)",
+    TTL_HOURS_RANGE: "0.0166667 (1 minute) to 87660 (10 years), in hours",
+}
+
 
 def default_data_dir() -> Path:
     """``$CCR_DATA_DIR`` if set, else ``~/.ccr``."""
@@ -51,11 +63,13 @@ def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
-def _number(name: str, value: object, *, positive: bool) -> float:
+def _number(name: str, value: object, valid: tuple[float, float]) -> float:
+    low, high = valid
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (positive and value == 0) or value != value or value == float("inf"):
-        raise ConfigError(f"{name} must be a {'positive' if positive else 'non-negative'} number")
+        raise ConfigError(f"{name} must be a number from {_RANGE_TEXT[valid]}, got {value!r}")
+    # NaN fails both comparisons; an int too large for a float compares exactly.
+    if not low <= value <= high:
+        raise ConfigError(f"{name} = {value!r} is out of range: valid from {_RANGE_TEXT[valid]}")
     return float(value)
 
 
@@ -65,10 +79,17 @@ def _bool(name: str, value: object) -> bool:
     return value
 
 
-def _path(name: str, value: object, base_dir: Path | None) -> Path:
+def _checked_path(name: str, value: object) -> Path:
     if not isinstance(value, str | os.PathLike) or not str(value):
         raise ConfigError(f"{name} must be a path, got {value!r}")
-    path = Path(value).expanduser()
+    if "\x00" in str(value):
+        # The OS cannot take it: every open would raise a raw ValueError.
+        raise ConfigError(f"{name} must not contain a NUL character, got {str(value)!r}")
+    return Path(value)
+
+
+def _path(name: str, value: object, base_dir: Path | None) -> Path:
+    path = _checked_path(name, value).expanduser()
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     return path
@@ -189,11 +210,17 @@ class StoreConfig(_Frozen):
             raise ConfigError("store.dual must be a DualConfig")
         self._set(
             backend=_choice("store.backend", backend, BACKEND_NAMES),
-            data_dir=default_data_dir() if data_dir is None else Path(data_dir),
-            sqlite_path=None if sqlite_path is None else Path(sqlite_path),
-            session_ttl_hours=_number("store.session_ttl_hours", session_ttl_hours, positive=True),
-            token_ttl_hours=_number("store.token_ttl_hours", token_ttl_hours, positive=True),
-            lock_timeout_s=_number("store.lock_timeout_s", lock_timeout_s, positive=False),
+            data_dir=_checked_path(
+                "store.data_dir", default_data_dir() if data_dir is None else data_dir
+            ),
+            sqlite_path=None
+            if sqlite_path is None
+            else _checked_path("store.sqlite_path", sqlite_path),
+            session_ttl_hours=_number(
+                "store.session_ttl_hours", session_ttl_hours, TTL_HOURS_RANGE
+            ),
+            token_ttl_hours=_number("store.token_ttl_hours", token_ttl_hours, TTL_HOURS_RANGE),
+            lock_timeout_s=_number("store.lock_timeout_s", lock_timeout_s, LOCK_TIMEOUT_S_RANGE),
             migrate_from_json=_bool("store.migrate_from_json", migrate_from_json),
             dual=DualConfig() if dual is None else dual,
             source=source,
@@ -247,19 +274,23 @@ class StoreConfig(_Frozen):
     def from_toml(cls, path: str | os.PathLike[str]) -> StoreConfig:
         """A config from the ``[store]`` table of a TOML file.
 
-        :raises ConfigError: if the file cannot be read or parsed, or holds an unknown key.
+        :raises ConfigError: if the file cannot be read or parsed, or holds an unknown key or a
+            bad value; the message starts with the file's path.
         """
         import tomllib  # only when a file is read: a hook without one never imports it
 
-        file = Path(path).expanduser()
+        file = _checked_path("config file", path).expanduser()
         try:
             document = tomllib.loads(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{file}: cannot read config: {exc}") from exc
-        _check_keys("top level", document, ("store",))
-        return cls.from_mapping(
-            document.get("store", {}), base_dir=file.resolve().parent, source=str(file)
-        )
+        try:
+            _check_keys("top level", document, ("store",))
+            return cls.from_mapping(
+                document.get("store", {}), base_dir=file.resolve().parent, source=str(file)
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
 
     @classmethod
     def resolve(

@@ -25,11 +25,13 @@ from registry.validation import (
     STATES,
     TRANSPORT_KINDS,
     check_chat_id,
+    check_context,
     check_details,
     check_key,
     check_kind,
     check_notify,
     check_pid,
+    check_scopes,
     check_start_time,
     check_state,
     check_text,
@@ -59,8 +61,6 @@ __all__ = [
 ]
 
 DEFAULT_SCOPES: Final = ("send_cmd",)
-# A token's context is free-form JSON; the bound keeps one record from bloating the store.
-MAX_CONTEXT_CHARS: Final = 65536
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
 
@@ -154,33 +154,16 @@ def _attrs_check(check: Any) -> Any:
 
 
 def _details(value: object) -> FrozenMap[str | int | float | bool | None]:
-    if isinstance(value, FrozenMap):
-        return value
+    # A FrozenMap is checked too: anyone can build one, so it proves nothing about its content.
     return FrozenMap(check_details(value))
 
 
 def _context(value: object) -> FrozenMap[Any]:
-    if isinstance(value, FrozenMap):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValidationError(f"context must be a mapping, got {type(value).__name__}")
-    try:
-        text = json.dumps(dict(value), allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"context must be JSON: {exc}") from exc
-    if len(text) > MAX_CONTEXT_CHARS:
-        raise ValidationError(f"context is larger than {MAX_CONTEXT_CHARS} characters as JSON")
-    copy = json.loads(text)
-    if copy != dict(value):
-        # Tuples, non-str keys and the like would not survive a round trip through the disk.
-        raise ValidationError("context must hold only JSON types (dict, list, str, number, bool)")
-    return FrozenMap(copy)
+    return FrozenMap(check_context(value))
 
 
 def _scopes(value: object) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise ValidationError(f"scopes must be a list or tuple of strings, got {value!r}")
-    return tuple(check_key("scope", item) for item in value)
+    return check_scopes(value)
 
 
 # --------------------------------------------------------------------------- models

@@ -10,6 +10,21 @@ every backend. Shared definitions:
 * Every error raised is a :class:`~registry.errors.RegistryError`; bad arguments raise
   :class:`~registry.errors.ValidationError` before anything is written, and a lock or busy timeout
   raises :class:`~registry.errors.StoreBusy`.
+* An argument of the wrong type (a bool or a float where an int is expected, a non-string id or
+  token) or an int outside its range (signed 64 bits for ``chat_id``; a positive one for
+  ``ppid`` and ``pid``) raises ``ValidationError`` from every method, lookups included.
+* Every string a store keeps (ids, tokens, ``cwd``, ``label``, transport detail keys and values,
+  scopes, ``context`` keys and values at any depth) must be valid Unicode: encodable as UTF-8, so
+  no lone surrogate such as ``"\\udcff"`` (what ``os.environ`` and ``os.fsdecode`` make of bytes
+  that are not UTF-8).
+* Bounds besides SPEC 2's (256 characters for an id, 4,096 for a text field): at most 256
+  transport detail keys, each integer detail within signed 64 bits; at most 256 scopes; a
+  ``context`` of at most 1 MiB (1,048,576 bytes) as compact UTF-8 JSON
+  (``json.dumps(context, ensure_ascii=False, separators=(",", ":")).encode()``) and at most 100
+  levels of nesting (a flat object is one level).
+* A lookup by a string that no record can hold (empty, longer than 256 characters, with a control
+  character or a lone surrogate) finds nothing, as for any unknown value: None, False, ``[]``,
+  :class:`~registry.errors.SessionNotFound` or :class:`~registry.errors.TokenNotFound`.
 """
 
 from __future__ import annotations
@@ -64,6 +79,7 @@ class SessionRegistry(Protocol):
         """Among active sessions with that ``ppid``, the one with the greatest ``last_seen``.
 
         Ties go to the smallest ``session_id``; None if there is no such session.
+        :raises ValidationError: if ``ppid`` is not a positive int within signed 64 bits.
         """
         ...
 
@@ -77,6 +93,7 @@ class SessionRegistry(Protocol):
         """All sessions (expired ones too, until cleaned), in list order.
 
         ``active_only`` keeps active sessions; ``notify_only`` keeps those with ``notify`` true.
+        :raises ValidationError: if a flag is not a bool.
         """
         ...
 
@@ -115,6 +132,7 @@ class SessionRegistry(Protocol):
         The probes run outside any lock or transaction, so a probe may be slow or use the store.
         A session found dead is removed, with its tokens, only if its record is unchanged since
         it was read for the probe: one re-registered, touched or updated meanwhile is kept.
+        :raises ValidationError: if ``is_alive`` is given and is not callable.
         """
         ...
 
@@ -136,9 +154,11 @@ class TokenStore(Protocol):
 
         The value comes from :mod:`secrets`: 128 random bits, URL-safe base64 (22 characters).
         ``ttl`` defaults to the configured token TTL; ``scopes`` to ``("send_cmd",)``;
-        ``context`` to an empty mapping.
+        ``context`` to an empty mapping. ``context`` is a JSON object (str keys; dict, list, str,
+        int, finite float, bool, None) within the bounds above.
+        :raises ValidationError: for a ttl that is not a timedelta, is negative or runs past the
+            calendar, or another invalid argument (checked first).
         :raises SessionNotFound: if there is no session with that id.
-        :raises ValidationError: for a negative ttl or another invalid argument.
         """
         ...
 
@@ -155,8 +175,8 @@ class TokenStore(Protocol):
         """Store a given token value (an upsert by value) and return it.
 
         ``created_at`` becomes ``now`` and ``expires_at`` ``now + ttl``, also on overwrite.
+        :raises ValidationError: for an invalid argument, as for ``mint_token`` (checked first).
         :raises SessionNotFound: if there is no session with that id.
-        :raises ValidationError: for a negative ttl or another invalid argument.
         """
         ...
 
@@ -171,6 +191,8 @@ class TokenStore(Protocol):
     def validate_token(self, token: str, chat_id: int) -> Token:
         """The token, if it is known, live and issued to ``chat_id``; reads never delete.
 
+        :raises ValidationError: if ``chat_id`` is not an int within signed 64 bits, or the token
+            is not a string (checked before the lookup).
         :raises TokenNotFound: if no such token exists (checked first).
         :raises TokenExpired: if it has expired (checked second).
         :raises ChatMismatch: if it belongs to another chat (checked last).

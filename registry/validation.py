@@ -24,10 +24,58 @@ MAX_KEY_LEN: Final = 256
 MAX_TEXT_LEN: Final = 4096
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+# Bounds on what is unbounded in SPEC 2, far above any real use (the legacy daemon writes six
+# transport detail keys and one scope) but small enough that one record cannot bloat the store.
+MAX_DETAIL_KEYS: Final = 256
+MAX_SCOPES: Final = 256
+# A token's context is free-form JSON. Its size is the UTF-8 length of its compact JSON, so a
+# non-ASCII text counts its bytes, not its "\uXXXX" escapes: the legacy daemon stores the whole
+# last assistant message in context.summary (tens of KB of non-ASCII text is ordinary). The depth
+# bound keeps the JSON encoder's recursion far from Python's limit (3,000 levels raised a raw
+# RecursionError); a top-level object with scalar values has depth 1.
+MAX_CONTEXT_BYTES: Final = 1024 * 1024
+MAX_CONTEXT_DEPTH: Final = 100
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 Scalar = str | int | float | bool | None
+
+
+def is_utf8(value: str) -> bool:
+    """True if ``value`` can be encoded as UTF-8: it holds no lone surrogate.
+
+    ``os.environ``, ``os.fsdecode`` and ``sys.argv`` turn bytes that are not UTF-8 into lone
+    surrogates (``"\\udcff"``); SQLite and a UTF-8 file cannot hold them.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def to_utf8(value: str) -> str:
+    """``value`` made storable: each byte that was not UTF-8 (a lone surrogate) becomes U+FFFD.
+
+    For text that came from the environment or a file name, where a replacement character is
+    better than losing the whole value. Valid text is returned unchanged.
+    """
+    if is_utf8(value):
+        return value
+    try:
+        # The usual case: os.fsdecode's surrogateescape kept the original byte; recover it.
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def _check_utf8(name: str, value: str) -> str:
+    if not is_utf8(value):
+        raise ValidationError(f"{name} is not valid Unicode text (it holds a lone surrogate)")
+    return value
 
 
 def check_key(name: str, value: object) -> str:
@@ -40,7 +88,19 @@ def check_key(name: str, value: object) -> str:
         raise ValidationError(f"{name} is longer than {MAX_KEY_LEN} characters")
     if _CONTROL.search(value):
         raise ValidationError(f"{name} must not contain control characters")
-    return value
+    return _check_utf8(name, value)
+
+
+def is_key(name: str, value: object) -> bool:
+    """For a lookup: True if ``value`` is an identifier some record could have.
+
+    A string no record can hold (empty, too long, control characters, a lone surrogate) is simply
+    not found, so a value a person typed or pasted never turns a lookup into an error.
+    :raises ValidationError: if ``value`` is not a string at all.
+    """
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
+    return 0 < len(value) <= MAX_KEY_LEN and _CONTROL.search(value) is None and is_utf8(value)
 
 
 def check_text(name: str, value: object) -> str | None:
@@ -50,7 +110,7 @@ def check_text(name: str, value: object) -> str | None:
         raise ValidationError(f"{name} must be a string or None, got {type(value).__name__}")
     if len(value) > MAX_TEXT_LEN:
         raise ValidationError(f"{name} is longer than {MAX_TEXT_LEN} characters")
-    return value
+    return _check_utf8(name, value)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -74,10 +134,14 @@ def check_chat_id(value: object) -> int:
     return _check_int("chat_id", value, INT64_MIN, INT64_MAX)
 
 
-def check_notify(value: object) -> bool:
+def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValidationError(f"notify must be a bool, got {type(value).__name__}")
+        raise ValidationError(f"{name} must be a bool, got {type(value).__name__}")
     return value
+
+
+def check_notify(value: object) -> bool:
+    return check_bool("notify", value)
 
 
 def check_state(value: object) -> str:
@@ -95,8 +159,11 @@ def check_kind(value: object) -> str:
 
 
 def check_scalar(name: str, value: object) -> Scalar:
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        # JSON has no integer bound, but SQLite and the legacy daemon's readers do.
+        return _check_int(name, value, INT64_MIN, INT64_MAX)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(f"{name} must be a finite number")
@@ -104,7 +171,7 @@ def check_scalar(name: str, value: object) -> Scalar:
     if isinstance(value, str):
         if len(value) > MAX_TEXT_LEN:
             raise ValidationError(f"{name} is longer than {MAX_TEXT_LEN} characters")
-        return value
+        return _check_utf8(name, value)
     raise ValidationError(f"{name} must be a JSON scalar, got {type(value).__name__}")
 
 
@@ -112,6 +179,8 @@ def check_details(value: object) -> dict[str, Scalar]:
     """Transport details: identifier keys (not ``kind``) to JSON scalars; returns a copy."""
     if not isinstance(value, Mapping):
         raise ValidationError(f"transport details must be a mapping, got {type(value).__name__}")
+    if len(value) > MAX_DETAIL_KEYS:
+        raise ValidationError(f"transport details have more than {MAX_DETAIL_KEYS} keys")
     out: dict[str, Scalar] = {}
     for key, item in value.items():
         check_key("transport detail key", key)
@@ -120,3 +189,64 @@ def check_details(value: object) -> dict[str, Scalar]:
             raise ValidationError("transport detail key 'kind' is reserved")
         out[key] = check_scalar(f"transport detail {key!r}", item)
     return out
+
+
+def check_scopes(value: object) -> tuple[str, ...]:
+    """A list or tuple of at most 256 identifiers."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValidationError(
+            f"scopes must be a list or tuple of strings, got {type(value).__name__}"
+        )
+    if len(value) > MAX_SCOPES:
+        raise ValidationError(f"scopes has more than {MAX_SCOPES} items")
+    return tuple(check_key("scope", item) for item in value)
+
+
+def check_context(value: object) -> dict[str, object]:
+    """A token context: a JSON object of at most 1 MiB and 100 levels; returns a deep copy.
+
+    Only ``dict`` (string keys), ``list``, ``str``, ``int``, finite ``float``, ``bool`` and
+    ``None`` are allowed, every string (keys too) must be valid Unicode, and the size is the UTF-8
+    length of its compact JSON (``ensure_ascii=False``).
+    """
+    import json  # lazily: a hook that only registers never needs it here
+
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"context must be a mapping, got {type(value).__name__}")
+    top = dict(value)
+    # Walked with an explicit stack, so no nesting depth can exhaust Python's recursion.
+    stack: list[tuple[object, int]] = [(top, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > MAX_CONTEXT_DEPTH:
+                raise ValidationError(f"context is nested deeper than {MAX_CONTEXT_DEPTH} levels")
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ValidationError(f"context keys must be strings, got {type(key).__name__}")
+                _check_utf8("a context key", key)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            if depth > MAX_CONTEXT_DEPTH:
+                raise ValidationError(f"context is nested deeper than {MAX_CONTEXT_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            _check_utf8("a context string", item)
+        elif item is not None and not isinstance(item, bool | int | float):
+            raise ValidationError(
+                "context must hold only JSON types (dict, list, str, number, bool, None), "
+                f"got {type(item).__name__}"
+            )
+    try:
+        text = json.dumps(top, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        # NaN or infinity; an integer too long to print (Python's 4,300-digit limit).
+        raise ValidationError(f"context must be JSON: {exc}") from exc
+    if len(text) > MAX_CONTEXT_BYTES // 4 and len(text.encode("utf-8")) > MAX_CONTEXT_BYTES:
+        raise ValidationError(f"context is larger than {MAX_CONTEXT_BYTES} bytes as UTF-8 JSON")
+    copy: dict[str, object] = json.loads(text)
+    if copy != top:
+        # Subclasses that print as something else (an IntEnum, a str subclass) would not
+        # survive a round trip through the disk.
+        raise ValidationError("context must hold only JSON types (dict, list, str, number, bool)")
+    return copy

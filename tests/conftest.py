@@ -42,6 +42,21 @@ EPOCH_START = datetime(2026, 2, 9, 1, 20, tzinfo=UTC)
 # documents them ("plan"): the project's own copies, so the suite needs nothing outside the clone.
 LEGACY_SAMPLES = Path(__file__).resolve().parent / "data" / "legacy"
 
+# Hostile values (STYLE habit 4), shared by the contract and property suites so that every
+# backend meets them. Text that is not valid Unicode: lone surrogates, which os.environ,
+# os.fsdecode and sys.argv make of bytes that are not UTF-8 (a TMUX_PANE, a path).
+INVALID_UNICODE = ["\udcff", "pane-\udcff", "\ud800", "emoji \U0001f99c and \udfff"]
+# Integers no signed 64-bit column can hold.
+BEYOND_INT64 = [2**63, 2**64, -(2**63) - 1, 10**30]
+# Arguments of the wrong kind where an int is expected (a bool is an int to Python, not to us).
+NOT_INTS: list[Any] = [True, 1.5, "5", b"5", None]
+# Arguments of the wrong kind where a string (an id, a token) is expected.
+NOT_STRINGS: list[Any] = [5, 2**64, None, b"s1", ["s1"], {"s1": 1}, 1.5]
+# What the legacy daemon stores in a token's context.summary: the whole last assistant message,
+# untruncated; 30,000 non-ASCII characters (90,000 bytes of UTF-8, 216,000 characters once
+# escaped as ASCII JSON).
+LEGACY_SUMMARY = "é☕🦜日本" * 6000
+
 # Every backend the suites run against, by the [store] table that opens it (data_dir is added
 # per test). The dual backend runs both ways round.
 BACKENDS: dict[str, dict[str, Any]] = {

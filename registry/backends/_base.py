@@ -24,6 +24,7 @@ from registry.errors import (
     SessionNotFound,
     TokenExpired,
     TokenNotFound,
+    ValidationError,
 )
 from registry.models import (
     DEFAULT_SCOPES,
@@ -34,7 +35,13 @@ from registry.models import (
     check_update,
     utc_ms,
 )
-from registry.validation import check_key
+from registry.validation import (
+    check_bool,
+    check_chat_id,
+    check_key,
+    check_pid,
+    is_key,
+)
 
 if TYPE_CHECKING:
     from registry.protocols import AliveProbe
@@ -214,10 +221,15 @@ class BaseStore(ABC):
 
     def get(self, session_id: str) -> Session | None:
         self._check_open()
+        if not is_key("session_id", session_id):
+            return None
         with self._reading():
             return self._get(session_id)
 
     def get_by_ppid(self, ppid: int) -> Session | None:
+        if ppid is None:
+            raise ValidationError("ppid must be an int, got NoneType")
+        check_pid("ppid", ppid)
         now = self._now()
         with self._reading():
             found = self._select(now, active_only=True, notify_only=False, ppid=ppid, limit=1)
@@ -229,12 +241,15 @@ class BaseStore(ABC):
     def list_sessions(
         self, *, active_only: bool = False, notify_only: bool = False
     ) -> list[Session]:
+        check_bool("active_only", active_only)
+        check_bool("notify_only", notify_only)
         now = self._now()
         with self._reading():
             return self._select(now, active_only=active_only, notify_only=notify_only)
 
     def update(self, session_id: str, **changes: Any) -> Session:
         check_update(changes)
+        is_key("session_id", session_id)  # a non-string id is refused before the write unit
         with self._write() as now:
             session = attrs.evolve(self._require(session_id), **changes, updated_at=now)
             self._put(session)
@@ -251,6 +266,9 @@ class BaseStore(ABC):
         return session
 
     def remove(self, session_id: str) -> bool:
+        if not is_key("session_id", session_id):
+            self._check_open()
+            return False
         with self._write():
             if self._get(session_id) is None:
                 return False
@@ -265,6 +283,8 @@ class BaseStore(ABC):
         return expired
 
     def cleanup_dead_sessions(self, is_alive: AliveProbe | None = None) -> list[str]:
+        if is_alive is not None and not callable(is_alive):
+            raise ValidationError(f"is_alive must be callable, got {type(is_alive).__name__}")
         if is_alive is None:
             from registry.liveness import is_process_alive
 
@@ -289,7 +309,7 @@ class BaseStore(ABC):
         return removed
 
     def _require(self, session_id: str) -> Session:
-        session = self._get(session_id)
+        session = self._get(session_id) if is_key("session_id", session_id) else None
         if session is None:
             raise SessionNotFound(f"no session {session_id!r}")
         return session
@@ -336,11 +356,16 @@ class BaseStore(ABC):
 
     def get_session_by_token(self, token: str) -> Session | None:
         now = self._now()
+        if not is_key("token", token):
+            return None
         with self._reading():
             return self._session_of_live_token(token, now)
 
     def validate_token(self, token: str, chat_id: int) -> Token:
+        check_chat_id(chat_id)
         now = self._now()
+        if not is_key("token", token):
+            raise TokenNotFound("no such token")
         with self._reading():
             found = self._get_token(token)
         if found is None:
@@ -352,11 +377,16 @@ class BaseStore(ABC):
         return found
 
     def revoke_token(self, token: str) -> bool:
+        if not is_key("token", token):
+            self._check_open()
+            return False
         with self._write():
             return self._delete_token(token)
 
     def tokens_for_session(self, session_id: str) -> list[Token]:
         self._check_open()
+        if not is_key("session_id", session_id):
+            return []
         with self._reading():
             return self._tokens_of(session_id)
 

@@ -58,6 +58,7 @@ from registry.validation import (
     check_start_time,
     check_state,
     check_text,
+    is_key,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -277,6 +278,9 @@ class SqliteStore(BaseStore):
         return trusted_session(row)
 
     def touch(self, session_id: str) -> Session:
+        if not is_key("session_id", session_id):
+            self._check_open()
+            raise SessionNotFound(f"no session {session_id!r}")
         with self._write() as now:
             row = touch_row(
                 self._conn(), session_id, to_ms(now), to_ms(add_ttl(now, self.session_ttl))
@@ -287,6 +291,9 @@ class SqliteStore(BaseStore):
 
     def update(self, session_id: str, **changes: Any) -> Session:
         columns = _update_columns(changes)
+        if not is_key("session_id", session_id):
+            self._check_open()
+            raise SessionNotFound(f"no session {session_id!r}")
         with self._write() as now:
             row = update_row(self._conn(), session_id, columns, to_ms(now))
             if row is None:
@@ -294,6 +301,9 @@ class SqliteStore(BaseStore):
         return trusted_session(row)
 
     def remove(self, session_id: str) -> bool:
+        if not is_key("session_id", session_id):
+            self._check_open()
+            return False
         with self._write():
             return remove_row(self._conn(), session_id)
 

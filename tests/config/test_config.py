@@ -56,7 +56,7 @@ def test_config_env_variable_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         'sqlite_path = "~/db.sqlite"\n'
         "session_ttl_hours = 1.5\n"
         "token_ttl_hours = 2\n"
-        "lock_timeout_s = 0\n"
+        "lock_timeout_s = 0.5\n"
         "migrate_from_json = false\n"
         "[store.dual]\n"
         'primary = "sqlite"\n'
@@ -72,7 +72,7 @@ def test_config_env_variable_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert config.db_path == tmp_path / "home" / "db.sqlite"  # ~ expanded
     assert config.session_ttl == timedelta(minutes=90)
     assert config.token_ttl == timedelta(hours=2)
-    assert (config.lock_timeout_s, config.migrate_from_json) == (0, False)
+    assert (config.lock_timeout_s, config.migrate_from_json) == (0.5, False)
     assert (config.dual.primary, config.dual.secondary) == ("sqlite", "json")
     assert (config.dual.compare_reads, config.dual.strict) == (False, True)
 
@@ -90,8 +90,8 @@ def test_mapping_paths_are_expanded(tmp_path: Path) -> None:
         ({"dual": {"primary": "json", "secondary": "json"}}, "must differ"),
         ({"dual": {"primary": "redis"}}, "json, sqlite"),
         ({"dual": {"compare": True}}, "valid keys: primary, secondary, compare_reads, strict"),
-        ({"session_ttl_hours": 0}, "positive"),
-        ({"token_ttl_hours": -1}, "positive"),
+        ({"session_ttl_hours": 0}, "out of range"),
+        ({"token_ttl_hours": -1}, "out of range"),
         ({"lock_timeout_s": "10"}, "number"),
         ({"lock_timeout_s": True}, "number"),
         ({"migrate_from_json": "yes"}, "true or false"),
@@ -131,3 +131,116 @@ def test_one_line_switch_selects_the_backend(tmp_path: Path) -> None:
 
 def test_every_configurable_backend_can_be_opened() -> None:
     assert set(BACKENDS) == set(BACKEND_NAMES)
+
+
+# --------------------------------------------------------------------------- bounds
+
+TTL_KEYS = ("session_ttl_hours", "token_ttl_hours")
+TTL_RANGE = "0.0166667 (1 minute) to 87660 (10 years), in hours"
+LOCK_RANGE = "0.001 to 3600 (seconds)"
+OUT_OF_RANGE: list[tuple[str, object, str]] = [
+    *[
+        (key, value, TTL_RANGE)
+        for key in TTL_KEYS
+        for value in (
+            0,
+            -1,
+            1 / 120,  # 30 s
+            1e-300,  # every token born expired
+            87661,
+            1e9,  # every expiry past the calendar: every register failed
+            1e300,  # OverflowError inside open_store
+            10**400,
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+        )
+    ],
+    # SQLite's busy timeout is a C int of milliseconds: past it, "no wait at all"; under 1 ms, 0.
+    *[
+        ("lock_timeout_s", value, LOCK_RANGE)
+        for value in (0, -1, 0.0001, 3600.5, 1e300, float("nan"), float("inf"))
+    ],
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "valid"), OUT_OF_RANGE, ids=[f"{k}={v!r}" for k, v, _ in OUT_OF_RANGE]
+)
+def test_a_value_out_of_range_names_the_key_and_the_range(
+    key: str, value: object, valid: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_store({key: value})
+    assert f"store.{key}" in str(caught.value)
+    assert valid in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("session_ttl_hours", "1e300"), ("token_ttl_hours", "nan"), ("lock_timeout_s", "1e10")],
+)
+def test_a_value_out_of_range_in_a_file_names_the_file_the_key_and_the_range(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    file = tmp_path / "ccr-registry.toml"
+    file.write_text(f"[store]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        open_store(file)
+    message = str(caught.value)
+    assert message.startswith(f"{file}: ")
+    assert f"store.{key}" in message
+    assert "out of range" in message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'backend = "postgres"',
+        "migrate_from_json = 1",
+        "data_dir = 5",
+        "bakend = 1",
+        '[store.dual]\nprimary = "redis"',
+    ],
+)
+def test_any_bad_value_in_a_file_names_the_file(tmp_path: Path, body: str) -> None:
+    file = tmp_path / "named-config.toml"
+    file.write_text(f"[store]\n{body}\n")
+    with pytest.raises(ConfigError, match=r"^.*named-config\.toml: "):
+        open_store(file)
+
+
+def test_the_bounds_themselves_are_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for hours in (1 / 60, 87660):
+        for backend in BACKEND_NAMES:
+            config = {
+                "backend": backend,
+                "data_dir": str(tmp_path / f"{backend}-{hours}"),
+                "session_ttl_hours": hours,
+                "token_ttl_hours": hours,
+                "lock_timeout_s": 0.001 if hours < 1 else 3600,
+            }
+            with open_store(config) as store:
+                session = store.sessions.register("s1")
+                token = store.tokens.mint_token("s1", 1)
+                assert session.expires_at - session.last_seen == timedelta(hours=hours)
+                assert token.expires_at - token.created_at == timedelta(hours=hours)
+                assert store.tokens.validate_token(token.token, 1) == token
+
+
+@pytest.mark.parametrize("key", ["data_dir", "sqlite_path"])
+def test_a_nul_byte_in_a_path_is_a_config_error(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"store.{key} must not contain a NUL"):
+        open_store({key: str(tmp_path / "a\x00b")})
+    with pytest.raises(ConfigError, match=f"store.{key} must not contain a NUL"):
+        StoreConfig(**{key: tmp_path / "a\x00b"})  # type: ignore[arg-type]
+    file = tmp_path / "nul.toml"
+    file.write_text(f'[store]\n{key} = "a\\u0000b"\n')
+    with pytest.raises(ConfigError, match=rf"nul\.toml: store\.{key} must not contain a NUL"):
+        open_store(file)
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_nul_byte_in_the_config_file_path_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NUL"):
+        open_store(str(tmp_path / "c\x00.toml"))

@@ -38,13 +38,18 @@ from registry import (
     ValidationError,
     open_store,
 )
-from tests.conftest import BACKENDS, FakeClock
+from tests.conftest import BACKENDS, BEYOND_INT64, INVALID_UNICODE, FakeClock
 
 SESSION_TTL = timedelta(hours=2)
 TOKEN_TTL = timedelta(hours=1)
 
-session_ids = st.sampled_from(["s1", "s2", "s3", "héllo ☕", "'; --", "%_"])
-token_values = st.sampled_from(["t1", "t2", "t3", "tök%_"])
+valid_session_ids = st.sampled_from(["s1", "s2", "s3", "héllo ☕", "'; --", "%_"])
+valid_token_values = st.sampled_from(["t1", "t2", "t3", "tök%_"])
+# Hostile values (tests/conftest.py): every backend must refuse them as the model does, and a
+# lookup of one finds nothing.
+session_ids = valid_session_ids | st.sampled_from(INVALID_UNICODE)
+token_values = valid_token_values | st.sampled_from(INVALID_UNICODE)
+hostile_text = st.sampled_from(INVALID_UNICODE)
 ppids = st.sampled_from([100, 101, 102])
 transports = st.builds(
     Transport,
@@ -55,7 +60,7 @@ transports = st.builds(
         max_size=2,
     ),
 )
-field_values = {
+valid_field_values = {
     "ppid": st.none() | ppids,
     "pid": st.none() | st.integers(1, 2**40),
     "start_time": st.none() | st.integers(0, 2**33),
@@ -65,7 +70,15 @@ field_values = {
     "transport": st.none() | transports,
     "state": st.none() | st.sampled_from(["running", "stopped"]),
 }
+field_values = {
+    **valid_field_values,
+    "ppid": valid_field_values["ppid"] | st.sampled_from(BEYOND_INT64),
+    "start_time": valid_field_values["start_time"] | st.sampled_from(BEYOND_INT64),
+    "cwd": valid_field_values["cwd"] | hostile_text,
+    "label": valid_field_values["label"] | hostile_text,
+}
 register_args = st.fixed_dictionaries({}, optional=field_values)
+valid_register_args = st.fixed_dictionaries({}, optional=valid_field_values)
 # update may also clear a nullable field with None and, rarely, name a bad field.
 update_args = st.fixed_dictionaries(
     {},
@@ -79,6 +92,7 @@ update_args = st.fixed_dictionaries(
 )
 ttls = st.none() | st.sampled_from([timedelta(0), timedelta(minutes=30), timedelta(hours=3)])
 chat_ids = st.sampled_from([1, -1001234567890, 2**63 - 1])
+stored_chat_ids = chat_ids | st.sampled_from(BEYOND_INT64)
 steps = st.sampled_from(
     [timedelta(milliseconds=1), timedelta(minutes=20), timedelta(hours=1), timedelta(hours=2)]
 )
@@ -313,7 +327,7 @@ class StoresAgree(RuleBasedStateMachine):
     def cleanup_dead_sessions(self) -> None:
         self.apply("cleanup_dead_sessions", probe)
 
-    @rule(value=token_values, sid=session_ids, chat_id=chat_ids, ttl=ttls)
+    @rule(value=token_values, sid=session_ids, chat_id=stored_chat_ids, ttl=ttls)
     def store_token(self, value: str, sid: str, chat_id: int, ttl: timedelta | None) -> None:
         self.apply("store_token", value, sid, chat_id, ttl=ttl)
 
@@ -344,9 +358,9 @@ class StoresAgree(RuleBasedStateMachine):
             self.stores[name] = self._open(name)
 
     @rule(
-        sid=session_ids,
-        value=token_values,
-        args=register_args,
+        sid=valid_session_ids,
+        value=valid_token_values,
+        args=valid_register_args,
         inner_fails=st.booleans(),
         outer_fails=st.booleans(),
     )

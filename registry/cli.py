@@ -402,29 +402,78 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from registry.migrate import import_json
+    """Import the legacy files; on an existing database, say what its import did instead.
+
+    Any first command on sqlite imports the legacy files by itself (SPEC 6), so the database
+    often exists already: then the stored report is shown, exit 0 while the files are the ones
+    it was imported from (same checksums), exit 1 when they changed. ``--reimport`` imports
+    them again, keeping the old database as a backup.
+    """
+    from registry.migrate import import_json, import_status, reimport_json
 
     config = load_config(args)
-    report = import_json(
-        config.data_dir,
-        config.db_path,
-        session_ttl=config.session_ttl,
-        token_ttl=config.token_ttl,
-    )
+    options: dict[str, Any] = {
+        "session_ttl": config.session_ttl,
+        "token_ttl": config.token_ttl,
+        "lock_timeout_s": max(config.lock_timeout_s, 60),
+        "progress": progress_reporter("import"),
+    }
+    if args.reimport and config.db_path.exists():
+        report = reimport_json(config.data_dir, config.db_path, **options)
+        status = "reimported"
+    elif not config.db_path.exists():
+        report = import_json(config.data_dir, config.db_path, **options)
+        status = "imported"
+    else:
+        found = import_status(config.data_dir, config.db_path, lock_timeout_s=60)
+        if found.report is None:
+            raise CommandError(
+                f"{config.db_path} exists and was not built by an import (it has no import "
+                "report); `migrate --reimport` replaces it with an import of the legacy files, "
+                "keeping it as a backup",
+                EXIT_NOT_FOUND,
+            )
+        report = found.report
+        if not found.unchanged:
+            changes = "; ".join(
+                f"{name}: {_checksum(report.sources.get(name))} then, "
+                f"{_checksum(found.current.get(name))} now"
+                for name in found.changed
+            )
+            raise CommandError(
+                f"{config.db_path} was imported at {report.imported_at}, and the legacy files "
+                f"changed since ({changes}); run `migrate --reimport` to import them again "
+                "(the current database is kept as a backup)",
+                EXIT_NOT_FOUND,
+            )
+        status = "unchanged"
 
     def human() -> str:
-        lines = [
-            f"imported {report.sessions_imported} sessions and {report.tokens_imported} tokens "
-            f"into {report.db_path}",
-        ]
+        if status == "unchanged":
+            lines = [
+                f"{report.db_path} was imported at {report.imported_at}: "
+                f"{report.sessions_imported} sessions and {report.tokens_imported} tokens; "
+                "the legacy files are unchanged since (same checksums)",
+            ]
+        else:
+            lines = [
+                f"{status} {report.sessions_imported} sessions and {report.tokens_imported} "
+                f"tokens into {report.db_path}",
+            ]
+        if report.backup:
+            lines.append(f"the database it replaced is kept as {report.backup}")
         for name, source in report.sources.items():
             lines.append(f"  {name}: {source['bytes']} bytes, sha256 {source['sha256'][:16]}…")
         lines.append(f"skipped {len(report.skipped)}")
-        lines.extend(f"  {s.kind} {s.key}: {s.reason}" for s in report.skipped)
+        lines.extend(f"  {s.kind} {s.key!r}: {s.reason}" for s in report.skipped)
         return "\n".join(lines)
 
-    emit(args, report.to_dict(), human)
+    emit(args, {**report.to_dict(), "status": status}, human)
     return EXIT_OK
+
+
+def _checksum(source: dict[str, Any] | None) -> str:
+    return "absent" if source is None else f"sha256 {source['sha256'][:12]}…"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -432,7 +481,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     out = Path(args.out).expanduser()
-    export_json(config.db_path, out)
+    export_json(config.db_path, out, progress=progress_reporter("export"))
     emit(
         args,
         {"database": str(config.db_path), "out": str(out)},
@@ -844,6 +893,11 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.set_defaults(func=cmd_cleanup)
 
     migrate = commands.add_parser("migrate", parents=[output], help="import the legacy JSON")
+    migrate.add_argument(
+        "--reimport",
+        action="store_true",
+        help="import again over an existing database, keeping it as a timestamped backup",
+    )
     migrate.set_defaults(func=cmd_migrate)
     export = commands.add_parser("export", parents=[output], help="write the legacy JSON files")
     export.add_argument("--out", required=True, metavar="DIR")

@@ -5,16 +5,21 @@ reported, never fatal, while a file that cannot be read at all is fatal (:class:
 naming the file). The database is built under a temporary name in its final directory and linked
 into place only when complete, so a crash part-way leaves nothing that blocks a clean retry. A
 lock file around the import makes concurrent first starts import exactly once. The JSON files
-are only read.
+are only read, under the json backend's own lock, so a json writer's unit is seen whole.
+
+Once a database exists (often built by the first-start import), :func:`import_status` compares
+its stored report with the legacy files as they are now, and :func:`reimport_json` builds a new
+database from them and swaps it in, keeping the old one as a timestamped backup.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -22,7 +27,7 @@ from typing import Any, Final
 import attrs
 import filelock
 
-from registry.errors import MigrationError, ValidationError
+from registry.errors import MigrationError, RegistryError, ValidationError
 from registry.models import (
     Session,
     Token,
@@ -38,20 +43,29 @@ from registry.protocols import Store
 
 __all__ = [
     "Difference",
+    "ImportStatus",
     "MigrationReport",
+    "Progress",
     "SkippedRecord",
     "diff_stores",
     "export_json",
     "import_json",
     "import_on_first_start",
+    "import_status",
     "legacy_files_present",
+    "reimport_json",
 ]
+
+# ``progress(done, total)``: called as work advances, and with ``done == total`` at the end.
+Progress = Callable[[int, int], None]
 
 SESSIONS_FILE: Final = "claude-sessions.json"
 TOKENS_FILE: Final = "claude-tokens.json"
 REPORT_KEY: Final = "import_report"
 DEFAULT_TTL: Final = timedelta(hours=24)
 _BUILD_MARK: Final = ".import-"
+_BACKUP_MARK: Final = ".backup-"
+_PROGRESS_STEP: Final = 1000
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +87,7 @@ class MigrationReport:
     sources: dict[str, dict[str, Any]]  # file name -> {"sha256", "bytes"}
     db_path: str
     imported_at: str
+    backup: str | None = None  # where a re-import moved the database it replaced
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -114,14 +129,67 @@ def legacy_files_present(json_dir: Path) -> bool:
     return (json_dir / SESSIONS_FILE).is_file() or (json_dir / TOKENS_FILE).is_file()
 
 
-def _read_source(path: Path, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _read_sources(json_dir: Path, lock_timeout_s: float) -> dict[str, bytes]:
+    """The legacy files' bytes, read under the json backend's lock (as export writes them).
+
+    A json store's unit replaces both files one after the other; without its lock an import
+    could see one file new and the other old (a token whose session is "missing"). A committed
+    journal of a writer that died is rolled forward first, as the json backend would. Where the
+    lock file cannot be created (a directory we may only read), no writer of ours can be at
+    work, and the files are read as they are.
+    """
+    from registry.backends.json_file import LOCK_FILE, recover_journal
+
+    if not legacy_files_present(json_dir):
+        raise MigrationError(f"{json_dir}: neither {SESSIONS_FILE} nor {TOKENS_FILE} exists")
+    lock = filelock.FileLock(
+        json_dir / LOCK_FILE, timeout=lock_timeout_s, mode=FILE_MODE, thread_local=False
+    )
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        lock.acquire()
+    except filelock.Timeout as exc:
+        raise MigrationError(
+            f"{json_dir}: the json store's lock is still held after {lock_timeout_s} s"
+        ) from exc
+    except (PermissionError, OSError) as exc:
+        if not isinstance(exc, PermissionError) and exc.errno != errno.EROFS:
+            raise MigrationError(f"{json_dir}: cannot lock: {exc.strerror or exc}") from exc
+        return _read_files(json_dir)
+    try:
+        try:
+            recover_journal(json_dir)
+        except RegistryError as exc:
+            raise MigrationError(f"{exc}; nothing imported") from exc
+        except OSError as exc:
+            raise MigrationError(f"{json_dir}: cannot finish a json commit: {exc}") from exc
+        return _read_files(json_dir)
+    finally:
+        lock.release()
+
+
+def _read_files(json_dir: Path) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for name in (SESSIONS_FILE, TOKENS_FILE):
+        path = json_dir / name
+        try:
+            found[name] = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise MigrationError(f"{path}: cannot read: {exc.strerror}") from exc
+    return found
+
+
+def _checksums(files: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+        for name, raw in files.items()
+    }
+
+
+def _parse_source(path: Path, raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
         return {}
-    except OSError as exc:
-        raise MigrationError(f"{path}: cannot read: {exc.strerror}") from exc
-    sources[path.name] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
     try:
         return parse_json_object(raw)
     except ValidationError as exc:
@@ -129,38 +197,64 @@ def _read_source(path: Path, sources: dict[str, dict[str, Any]]) -> dict[str, An
 
 
 def read_legacy(
-    json_dir: Path, *, session_ttl: timedelta = DEFAULT_TTL, token_ttl: timedelta = DEFAULT_TTL
+    json_dir: Path,
+    *,
+    session_ttl: timedelta = DEFAULT_TTL,
+    token_ttl: timedelta = DEFAULT_TTL,
+    lock_timeout_s: float = 60,
+    progress: Progress | None = None,
 ) -> tuple[list[Session], list[Token], list[SkippedRecord], dict[str, dict[str, Any]]]:
-    """Every valid record of the legacy files in ``json_dir``, what was skipped, and checksums."""
-    sources: dict[str, dict[str, Any]] = {}
-    sessions_doc = _read_source(json_dir / SESSIONS_FILE, sources)
-    tokens_doc = _read_source(json_dir / TOKENS_FILE, sources)
-    if not sources:
-        raise MigrationError(f"{json_dir}: neither {SESSIONS_FILE} nor {TOKENS_FILE} exists")
+    """Every valid record of the legacy files in ``json_dir``, what was skipped, and checksums.
+
+    A record is read whatever its size (the legacy daemon's records are accepted as they are);
+    one that cannot be understood, holds text that is not valid Unicode, or is a token whose
+    session is missing is skipped with the reason.
+    """
+    files = _read_sources(json_dir, lock_timeout_s)
+    sources = _checksums(files)
+    sessions_doc = _parse_source(json_dir / SESSIONS_FILE, files.get(SESSIONS_FILE))
+    tokens_doc = _parse_source(json_dir / TOKENS_FILE, files.get(TOKENS_FILE))
     skipped: list[SkippedRecord] = []
     sessions: dict[str, Session] = {}
     try:
         records = unwrap_sessions_document(sessions_doc)
     except ValidationError as exc:
         raise MigrationError(f"{json_dir / SESSIONS_FILE}: {exc}") from exc
+    total = len(records) + len(tokens_doc)
+    done = 0
     for key, raw in records.items():
         try:
             sessions[key] = session_from_legacy(key, raw, session_ttl=session_ttl)
         except ValidationError as exc:
-            skipped.append(SkippedRecord(kind="session", key=key, reason=str(exc)))
+            skipped.append(SkippedRecord(kind="session", key=_shown_key(key), reason=str(exc)))
+        done += 1
+        if progress is not None and done % _PROGRESS_STEP == 0:
+            progress(done, total)
     tokens: list[Token] = []
     for key, raw in tokens_doc.items():
+        done += 1
+        if progress is not None and done % _PROGRESS_STEP == 0:
+            progress(done, total)
         try:
             token = token_from_legacy(key, raw, token_ttl=token_ttl)
         except ValidationError as exc:
             skipped.append(SkippedRecord(kind="token", key=token_hint(key), reason=str(exc)))
             continue
         if token.session_id not in sessions:
-            reason = f"its session {token.session_id!r} is missing"
+            reason = f"its session {_shown_key(token.session_id)!r} is missing"
             skipped.append(SkippedRecord(kind="token", key=token_hint(key), reason=reason))
             continue
         tokens.append(token)
     return list(sessions.values()), tokens, skipped, sources
+
+
+def _shown_key(key: str) -> str:
+    # A key that is not valid Unicode could not be stored in the report (JSON in SQLite).
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return key
 
 
 # --------------------------------------------------------------------------- import
@@ -179,11 +273,15 @@ def import_json(
     session_ttl: timedelta = DEFAULT_TTL,
     token_ttl: timedelta = DEFAULT_TTL,
     lock_timeout_s: float = 60,
+    progress: Progress | None = None,
 ) -> MigrationReport:
     """Build a new sqlite database at ``db_path`` from the legacy files in ``json_dir``.
 
-    :raises MigrationError: if ``db_path`` already exists, no legacy file exists, or a file
-        cannot be read or parsed; no database is created then.
+    ``progress(done, total)`` is called as records are read, and once with ``done == total``
+    when the database is in place.
+    :raises MigrationError: if ``db_path`` already exists (see :func:`import_status` and
+        :func:`reimport_json`), no legacy file exists, or a file cannot be read or parsed; no
+        database is created then.
     """
     json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
     ensure_private_dir(db_path.parent)
@@ -191,9 +289,19 @@ def import_json(
         with _lock(db_path, lock_timeout_s):
             if db_path.exists():
                 raise MigrationError(f"{db_path} already exists; move it away to import again")
-            return _build(json_dir, db_path, session_ttl=session_ttl, token_ttl=token_ttl)
+            report, build = _build(
+                json_dir,
+                db_path,
+                session_ttl=session_ttl,
+                token_ttl=token_ttl,
+                lock_timeout_s=lock_timeout_s,
+                progress=progress,
+            )
+            _publish(build, db_path)
     except filelock.Timeout as exc:
         raise MigrationError(f"{db_path}: another import holds the lock") from exc
+    _finish(progress)
+    return report
 
 
 def import_on_first_start(
@@ -216,20 +324,46 @@ def import_on_first_start(
         with _lock(db_path, lock_timeout_s):
             if db_path.exists():
                 return None
-            return _build(json_dir, db_path, session_ttl=session_ttl, token_ttl=token_ttl)
+            report, build = _build(
+                json_dir,
+                db_path,
+                session_ttl=session_ttl,
+                token_ttl=token_ttl,
+                lock_timeout_s=lock_timeout_s,
+            )
+            _publish(build, db_path)
+            return report
     except filelock.Timeout as exc:
         raise MigrationError(f"{db_path}: the first-start import did not finish in time") from exc
 
 
+def _finish(progress: Progress | None) -> None:
+    if progress is not None:
+        progress(1, 1)
+
+
 def _build(
-    json_dir: Path, db_path: Path, *, session_ttl: timedelta, token_ttl: timedelta
-) -> MigrationReport:
+    json_dir: Path,
+    db_path: Path,
+    *,
+    session_ttl: timedelta,
+    token_ttl: timedelta,
+    lock_timeout_s: float,
+    progress: Progress | None = None,
+    backup: Path | None = None,
+) -> tuple[MigrationReport, Path]:
+    """A complete, synced database under a temporary name beside ``db_path`` (lock held)."""
     from registry.backends.sqlite import SqliteStore
     from registry.backends.sqlite_sql import refuse_orphan_wal
 
-    refuse_orphan_wal(db_path)
+    if backup is None:
+        refuse_orphan_wal(db_path)
     sessions, tokens, skipped, sources = read_legacy(
-        json_dir, session_ttl=session_ttl, token_ttl=token_ttl
+        json_dir,
+        session_ttl=session_ttl,
+        token_ttl=token_ttl,
+        lock_timeout_s=lock_timeout_s,
+        progress=progress,
     )
     report = MigrationReport(
         sessions_imported=len(sessions),
@@ -238,6 +372,7 @@ def _build(
         sources=sources,
         db_path=str(db_path),
         imported_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        backup=None if backup is None else str(backup),
     )
     _remove_stale_builds(db_path)
     build = db_path.with_name(f".{db_path.name}{_BUILD_MARK}{secrets.token_hex(6)}")
@@ -259,6 +394,17 @@ def _build(
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException as exc:
+        _discard(build)
+        if isinstance(exc, OSError):
+            raise MigrationError(f"{db_path}: import failed: {exc}") from exc
+        raise
+    return report, build
+
+
+def _publish(build: Path, db_path: Path) -> None:
+    """Link a finished build into place; it never replaces an existing database."""
+    try:
         # link() never replaces: if the target appeared meanwhile, this fails instead of
         # clobbering it.
         os.link(build, db_path)
@@ -266,9 +412,12 @@ def _build(
     except OSError as exc:
         raise MigrationError(f"{db_path}: import failed: {exc}") from exc
     finally:
-        for leftover in (build, *_sidecars(build)):
-            leftover.unlink(missing_ok=True)
-    return report
+        _discard(build)
+
+
+def _discard(build: Path) -> None:
+    for leftover in (build, *_sidecars(build)):
+        leftover.unlink(missing_ok=True)
 
 
 def _sidecars(path: Path) -> tuple[Path, Path]:
@@ -279,6 +428,170 @@ def _remove_stale_builds(db_path: Path) -> None:
     """Delete half-built databases of imports that died (the import lock is held)."""
     for leftover in db_path.parent.glob(f".{db_path.name}{_BUILD_MARK}*"):
         leftover.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- after an import
+
+
+@attrs.frozen(kw_only=True)
+class ImportStatus:
+    """The stored import report of a database beside the legacy files as they are now."""
+
+    report: MigrationReport | None  # None: the database was not built by an import
+    current: dict[str, dict[str, Any]]  # the legacy files now: name -> {"sha256", "bytes"}
+    changed: list[str]  # files whose checksum differs from the report's (or came or went)
+
+    @property
+    def unchanged(self) -> bool:
+        """True when the database was imported from exactly the files there are now."""
+        return self.report is not None and not self.changed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report": None if self.report is None else self.report.to_dict(),
+            "current": self.current,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+        }
+
+
+def import_status(
+    json_dir: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    *,
+    lock_timeout_s: float = 60,
+) -> ImportStatus:
+    """What the import that built ``db_path`` read, and whether the legacy files changed since.
+
+    :raises MigrationError: if there is no database at ``db_path`` or the files cannot be read.
+    """
+    json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
+    report = stored_report(db_path)
+    files = _read_sources(json_dir, lock_timeout_s) if legacy_files_present(json_dir) else {}
+    current = _checksums(files)
+    before = {} if report is None else report.sources
+    changed = sorted(
+        name
+        for name in set(before) | set(current)
+        if before.get(name, {}).get("sha256") != current.get(name, {}).get("sha256")
+    )
+    return ImportStatus(report=report, current=current, changed=changed)
+
+
+def reimport_json(
+    json_dir: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    *,
+    session_ttl: timedelta = DEFAULT_TTL,
+    token_ttl: timedelta = DEFAULT_TTL,
+    lock_timeout_s: float = 60,
+    progress: Progress | None = None,
+) -> MigrationReport:
+    """Import the legacy files again over an existing database, keeping it as a backup.
+
+    The old database is checkpointed (so its file holds everything) and kept under
+    ``<db name>.backup-<UTC time>`` beside it; the report names it (``backup``). Safe against a
+    crash at any point: the new database is built complete under a temporary name and swapped in
+    with one rename; until then ``db_path`` is the old database, after it the new one, and the
+    backup exists in both cases. The import lock keeps a second import, re-import or first-start
+    import out. Stop every process that uses the database first: one that keeps it open is
+    detected by its write-ahead log and refused.
+    :raises MigrationError: if there is no database to replace, it is in use, or the legacy files
+        cannot be read; the database is untouched then.
+    """
+    json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
+    try:
+        with _lock(db_path, lock_timeout_s):
+            if not db_path.is_file():
+                raise MigrationError(f"{db_path}: no database to replace; run an import")
+            _recover_replacement(db_path)
+            backup = _backup_name(db_path)
+            report, build = _build(
+                json_dir,
+                db_path,
+                session_ttl=session_ttl,
+                token_ttl=token_ttl,
+                lock_timeout_s=lock_timeout_s,
+                progress=progress,
+                backup=backup,
+            )
+            try:
+                _swap(build, db_path, backup)
+            finally:
+                _discard(build)
+    except filelock.Timeout as exc:
+        raise MigrationError(f"{db_path}: another import holds the lock") from exc
+    _finish(progress)
+    return report
+
+
+_HELD_MARK: Final = ".replaced-"
+
+
+def _backup_name(db_path: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate = db_path.with_name(f"{db_path.name}{_BACKUP_MARK}{stamp}")
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = db_path.with_name(f"{db_path.name}{_BACKUP_MARK}{stamp}-{n}")
+    return candidate
+
+
+def _swap(build: Path, db_path: Path, backup: Path) -> None:
+    """Put ``build`` in place of ``db_path``, the old database ending up at ``backup``.
+
+    The old file is first given a hidden second name, then the new one replaces it in one
+    rename, then the hidden name becomes the backup. :func:`_recover_replacement` finishes or
+    undoes a swap that a crash interrupted.
+    """
+    from registry.backends.sqlite import SqliteStore
+
+    old = SqliteStore(
+        db_path, clock=_utcnow, session_ttl=DEFAULT_TTL, token_ttl=DEFAULT_TTL, lock_timeout_s=10
+    )
+    try:
+        old.checkpoint()  # every committed change into the main file, the WAL truncated
+    finally:
+        old.close()
+    wal, shm = _sidecars(db_path)
+    try:
+        if wal.exists():
+            # SQLite deletes the WAL when its last connection closes: another process has the
+            # database open.
+            raise MigrationError(
+                f"{db_path} is in use by another process; stop the daemon and run the "
+                "re-import again"
+            )
+        held = db_path.with_name(f".{db_path.name}{_HELD_MARK}{backup.name}")
+        os.link(db_path, held)
+        fsync_dir(db_path.parent)
+        # The old database's empty WAL and its index must not be taken for the new file's.
+        wal.unlink(missing_ok=True)
+        shm.unlink(missing_ok=True)
+        os.replace(build, db_path)  # the commit point
+        fsync_dir(db_path.parent)
+        os.replace(held, backup)
+        fsync_dir(db_path.parent)
+    except OSError as exc:
+        raise MigrationError(f"{db_path}: re-import failed: {exc}") from exc
+
+
+def _recover_replacement(db_path: Path) -> None:
+    """Finish or undo a swap a crash interrupted (the import lock is held).
+
+    A hidden name that is still the live database (same inode) is from before the commit
+    point: it is only a second name, removed. One that is not the database any more is the
+    old database after the commit point: it becomes its backup.
+    """
+    live = db_path.stat().st_ino
+    prefix = f".{db_path.name}{_HELD_MARK}"
+    for held in db_path.parent.glob(prefix + "*"):
+        if held.stat().st_ino == live:
+            held.unlink()
+        else:
+            os.replace(held, db_path.with_name(held.name[len(prefix) :]))
+    fsync_dir(db_path.parent)
 
 
 def stored_report(db_path: str | os.PathLike[str]) -> MigrationReport | None:
@@ -307,12 +620,21 @@ def stored_report(db_path: str | os.PathLike[str]) -> MigrationReport | None:
 # --------------------------------------------------------------------------- export
 
 
-def export_json(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+def export_json(
+    db_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+) -> None:
     """Write the database's content to ``out_dir`` as the legacy JSON files.
 
     The content comes from one read transaction (WAL included) and both files are replaced as
     one all-or-nothing unit, under the json backend's lock, so a json store using ``out_dir``
     never sees half an export. Tokens are written in full: the legacy format needs them.
+    Records in ``out_dir``'s files that cannot be understood are kept (see
+    :meth:`JsonStore.replace_contents`). Whatever the database holds is written: a record
+    beyond our API's limits as it is, and text that UTF-8 cannot encode as a JSON escape.
+    ``progress(done, total)`` counts the records read, then written.
     :raises MigrationError: if the database does not exist.
     """
     from registry.backends.json_file import JsonStore
@@ -328,6 +650,9 @@ def export_json(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         sessions, tokens = source.snapshot()
     finally:
         source.close()
+    total = 2 * (len(sessions) + len(tokens)) or 1
+    if progress is not None:
+        progress(total // 2, total)
     target = JsonStore(
         out_dir, clock=_utcnow, session_ttl=DEFAULT_TTL, token_ttl=DEFAULT_TTL, lock_timeout_s=10
     )
@@ -335,6 +660,8 @@ def export_json(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         target.replace_contents(sessions, tokens)
     finally:
         target.close()
+    if progress is not None:
+        progress(total, total)
 
 
 # --------------------------------------------------------------------------- diff

@@ -387,6 +387,15 @@ def trusted_token(row: tuple[Any, ...]) -> Token:
 
 
 # --------------------------------------------------------------------------- legacy JSON format
+#
+# Another program (the legacy daemon) writes these files too, so reading them follows its rules,
+# not our API's: a record it can write is read as it is, even one that breaks a size or count
+# limit of ours (its Stop handler stores the untruncated last assistant message in a token's
+# context.summary). Only what cannot be understood at all (wrong types, a state or transport
+# kind outside SPEC 2, no usable timestamp, text that is not valid Unicode) raises
+# ValidationError; the json backend then keeps that record verbatim and hidden, and the import
+# skips and reports it. Records are therefore built without the attrs validators (which carry
+# the API's limits), after the checks below.
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -397,6 +406,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ValidationError(f"not UTF-8 text ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise ValidationError(f"not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ValidationError("not readable JSON (nested too deeply)") from exc
     if not isinstance(document, dict):
         raise ValidationError(f"holds JSON {type(document).__name__}, not an object")
     return document
@@ -422,6 +433,43 @@ def _json_type(value: object) -> str:
     return names.get(type(value), "a scalar")
 
 
+def _legacy_unicode(name: str, value: str) -> str:
+    # JSON's "\udcff" escape decodes to a lone surrogate: a str that UTF-8 cannot encode, so
+    # neither SQLite nor our own rewrite of the file could store it (issue 10).
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError(f"{name} holds text that is not valid Unicode") from exc
+    return value
+
+
+def _legacy_text(name: str, value: object) -> str | None:
+    """Optional text of any length (SPEC 2's 4096 limit is for what our API accepts)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string, got {_json_type(value)}")
+    return _legacy_unicode(name, value)
+
+
+def _legacy_id(name: str, value: object) -> str:
+    """A non-empty identifier of any length."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{name} must be a non-empty string")
+    return _legacy_unicode(name, value)
+
+
+def _legacy_json(name: str, value: object) -> None:
+    """Refuse what JSON proper cannot hold: NaN, infinities, invalid Unicode, absurd nesting."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{name} holds text that is not valid Unicode") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError(f"{name} is not plain JSON ({exc})") from exc
+
+
 def _legacy_time(name: str, value: object) -> datetime | None:
     if value is None:
         return None
@@ -439,7 +487,10 @@ def _legacy_time(name: str, value: object) -> datetime | None:
         # The plan writes "...Z"; a timestamp without an offset is read as UTC.
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return utc_ms(parsed)
+        try:
+            return utc_ms(parsed)
+        except OverflowError as exc:
+            raise ValidationError(f"{name} {value!r} is out of range") from exc
     raise ValidationError(f"{name} must be epoch milliseconds or ISO-8601")
 
 
@@ -447,15 +498,42 @@ def _first(*values: datetime | None) -> datetime | None:
     return next((value for value in values if value is not None), None)
 
 
+def _legacy_scalar(name: str, value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            # Beyond 64 bits neither SQLite nor the legacy daemon's readers can hold it.
+            raise ValidationError(f"{name} is beyond 64 bits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{name} must be a finite number")
+        return value
+    if isinstance(value, str):
+        return _legacy_unicode(name, value)
+    raise ValidationError(f"{name} must be a JSON scalar, got {_json_type(value)}")
+
+
 def _legacy_transport(raw: object) -> Transport:
     if raw is None:
-        return Transport()
+        return _trusted(Transport, {"kind": "unknown", "details": _EMPTY})  # type: ignore[no-any-return]
     if not isinstance(raw, dict):
         raise ValidationError("transport must be an object")
-    kind = raw.get("kind", "unknown")
+    kind = check_kind(raw.get("kind", "unknown"))
     if isinstance(raw.get("details"), dict):  # the plan's shape
-        return Transport(kind=kind, details=raw["details"])
-    return Transport(kind=kind, details={k: v for k, v in raw.items() if k != "kind"})
+        items = raw["details"].items()
+    else:
+        items = ((k, v) for k, v in raw.items() if k != "kind")
+    details: dict[str, str | int | float | bool | None] = {}
+    for key, value in items:
+        _legacy_id("transport detail key", key)
+        if key == "kind":
+            raise ValidationError("transport detail key 'kind' is reserved")
+        details[key] = _legacy_scalar(f"transport detail {key!r}", value)
+    return _trusted(  # type: ignore[no-any-return]
+        Transport, {"kind": kind, "details": FrozenMap(details) if details else _EMPTY}
+    )
 
 
 def session_from_legacy(key: str, raw: object, *, session_ttl: timedelta) -> Session:
@@ -463,13 +541,16 @@ def session_from_legacy(key: str, raw: object, *, session_ttl: timedelta) -> Ses
 
     A missing ``last_seen`` is ``updated_at``; other missing timestamps fall back to the record's
     own timestamps (``expires_at`` to ``last_seen + session_ttl``), never to "now"; state
-    ``active`` is ``running``. Raises :class:`ValidationError` with the reason otherwise.
+    ``active`` is ``running``; a ``null`` notify, state or transport is the default. Text and
+    details are read whatever their size (see the section comment). Raises
+    :class:`ValidationError` with the reason when the record cannot be understood.
     """
     if not isinstance(raw, dict):
         raise ValidationError(f"record is {_json_type(raw)}, not an object")
     inner_id = raw.get("session_id", key)
     if inner_id != key:
         raise ValidationError(f"key {key!r} differs from its session_id {inner_id!r}")
+    _legacy_id("session_id", key)
     created = _legacy_time("created_at", raw.get("created_at"))
     updated = _legacy_time("updated_at", raw.get("updated_at"))
     seen = _legacy_time("last_seen", raw.get("last_seen"))
@@ -477,21 +558,25 @@ def session_from_legacy(key: str, raw: object, *, session_ttl: timedelta) -> Ses
     seen = _first(seen, updated, created)
     if seen is None:
         raise ValidationError("record has none of created_at, updated_at, last_seen")
-    state = raw.get("state", "running")
-    return Session(
-        session_id=key,
-        ppid=raw.get("ppid"),
-        pid=raw.get("pid"),
-        start_time=raw.get("start_time"),
-        cwd=raw.get("cwd"),
-        label=raw.get("label"),
-        notify=raw.get("notify", False),
-        transport=_legacy_transport(raw.get("transport")),
-        state="running" if state == "active" else state,
-        created_at=_first(created, updated, seen),
-        updated_at=_first(updated, seen, created),
-        last_seen=seen,
-        expires_at=expires if expires is not None else add_ttl(seen, session_ttl),
+    state = raw.get("state")
+    notify = raw.get("notify")
+    return _trusted(  # type: ignore[no-any-return]
+        Session,
+        {
+            "session_id": key,
+            "ppid": check_pid("ppid", raw.get("ppid")),
+            "pid": check_pid("pid", raw.get("pid")),
+            "start_time": check_start_time(raw.get("start_time")),
+            "cwd": _legacy_text("cwd", raw.get("cwd")),
+            "label": _legacy_text("label", raw.get("label")),
+            "notify": False if notify is None else check_notify(notify),
+            "transport": _legacy_transport(raw.get("transport")),
+            "state": "running" if state in (None, "active") else check_state(state),
+            "created_at": _first(created, updated, seen),
+            "updated_at": _first(updated, seen, created),
+            "last_seen": seen,
+            "expires_at": expires if expires is not None else add_ttl(seen, session_ttl),
+        },
     )
 
 
@@ -523,13 +608,37 @@ def _legacy_chat_id(value: object) -> int:
     return check_chat_id(value)
 
 
+def _legacy_scopes(value: object) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_SCOPES
+    if not isinstance(value, list):
+        raise ValidationError(f"scopes must be an array, got {_json_type(value)}")
+    return tuple(_legacy_id("scope", item) for item in value)
+
+
+def _legacy_context(value: object) -> FrozenMap[Any]:
+    if value is None:
+        return _EMPTY
+    if not isinstance(value, dict):
+        raise ValidationError(f"context must be an object, got {_json_type(value)}")
+    if not value:
+        return _EMPTY
+    _legacy_json("context", value)
+    return FrozenMap(value)
+
+
 def token_from_legacy(key: str, raw: object, *, token_ttl: timedelta) -> Token:
-    """Read one token record of either legacy shape (string or numeric ``chat_id``)."""
+    """Read one token record of either legacy shape (string or numeric ``chat_id``).
+
+    The context is read whatever its size (see the section comment); a ``null`` scopes or
+    context is the default. Raises :class:`ValidationError` when it cannot be understood.
+    """
     if not isinstance(raw, dict):
         raise ValidationError(f"record is {_json_type(raw)}, not an object")
     inner = raw.get("token", key)
     if inner != key:
         raise ValidationError("key differs from the token inside the record")
+    _legacy_id("token", key)
     if "session_id" not in raw:
         raise ValidationError("record has no session_id")
     created = _legacy_time("created_at", raw.get("created_at"))
@@ -539,14 +648,17 @@ def token_from_legacy(key: str, raw: object, *, token_ttl: timedelta) -> Token:
     if created is None:
         assert expires is not None
         created = expires - token_ttl if expires - EPOCH >= token_ttl else expires
-    return Token(
-        token=key,
-        session_id=raw["session_id"],
-        chat_id=_legacy_chat_id(raw.get("chat_id")),
-        scopes=raw.get("scopes", DEFAULT_SCOPES),
-        context=raw.get("context") or {},
-        created_at=created,
-        expires_at=expires if expires is not None else add_ttl(created, token_ttl),
+    return _trusted(  # type: ignore[no-any-return]
+        Token,
+        {
+            "token": key,
+            "session_id": _legacy_id("session_id", raw["session_id"]),
+            "chat_id": _legacy_chat_id(raw.get("chat_id")),
+            "scopes": _legacy_scopes(raw.get("scopes")),
+            "context": _legacy_context(raw.get("context")),
+            "created_at": created,
+            "expires_at": expires if expires is not None else add_ttl(created, token_ttl),
+        },
     )
 
 

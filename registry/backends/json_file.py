@@ -13,12 +13,20 @@ renames: both temp files are written and synced, then the journal naming them is
 then both are renamed. Whoever takes the lock next finishes a committed journal; temp files
 without a committed journal are the litter of a writer that died before committing, and the
 next writer deletes them.
+
+The legacy daemon writes these files too, so nothing in them is ever dropped by a rewrite here.
+Every record keeps the JSON value it was read as, and a record no unit changed is written back
+as that same value. A record that cannot be understood (see :mod:`registry.models`, legacy
+section) and a token whose session is missing are hidden from every read and kept verbatim on
+every rewrite; ``unreadable_records`` counts the former for ``doctor``. Only a file that is not a
+JSON object at all is refused (:class:`StoreCorrupted`, the file untouched).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +46,7 @@ from registry.models import (
     session_from_legacy,
     session_to_legacy,
     token_from_legacy,
+    token_hint,
     token_to_legacy,
     unwrap_sessions_document,
 )
@@ -53,39 +62,84 @@ R = TypeVar("R")
 _FileKey = tuple[int, int, int]
 
 
-def dumps_legacy(fragments: list[tuple[str, str]]) -> bytes:
-    """The file ``json.dumps(document, indent=2, ensure_ascii=False)`` writes, plus a newline.
+class _Raw:
+    """One record as its file holds it: the JSON value, the model read from it, its text.
 
-    Built from each record's own serialised text (see :class:`_Fragments`): the same bytes as
-    the legacy daemon's two-space indented, raw UTF-8 output.
-    """
-    if not fragments:
-        return b"{}\n"
-    body = ",\n".join(f"  {json.dumps(key, ensure_ascii=False)}: {text}" for key, text in fragments)
-    return ("{\n" + body + "\n}\n").encode("utf-8")
-
-
-class _Fragments:
-    """Each record's serialised text, reused while the record object is the same.
-
-    ``json.dumps`` with ``indent`` runs the pure-Python encoder: re-serialising every record on
-    every write took 34 of 43 ms per register at 1,000 sessions. Records are immutable, so an
-    unchanged record (the same object) keeps its text.
+    ``model`` is None for a record that cannot be understood. ``text`` is the record's line in
+    the file (``  "key": value``), rendered on first use and reused while the record is
+    unchanged: ``json.dumps`` with ``indent`` runs the pure-Python encoder, and re-serialising
+    every record on every write took 34 of 43 ms per register at 1,000 sessions.
     """
 
-    def __init__(self) -> None:
-        self._texts: dict[str, tuple[object, str]] = {}
+    __slots__ = ("_text", "key", "model", "value")
 
-    def render(self, records: dict[str, Any], to_legacy: Any) -> bytes:
-        texts: dict[str, tuple[object, str]] = {}
-        for key, record in records.items():
-            hit = self._texts.get(key)
-            if hit is None or hit[0] is not record:
-                text = json.dumps(to_legacy(record), indent=2, ensure_ascii=False)
-                hit = (record, text.replace("\n", "\n  "))
-            texts[key] = hit
-        self._texts = texts
-        return dumps_legacy([(key, text) for key, (_, text) in texts.items()])
+    def __init__(self, key: str, value: object, model: Any) -> None:
+        self.key = key
+        self.value = value
+        self.model = model
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            value = _dumps(self.value, indent=2).replace("\n", "\n  ")
+            self._text = f"  {_dumps(self.key)}: {value}"
+        return self._text
+
+
+def _dumps(value: object, *, indent: int | None = None) -> str:
+    """JSON text as the legacy daemon writes it (raw UTF-8), escaped only where it must be.
+
+    A string that is not valid Unicode (a lone surrogate, read from a ``\\udcff`` escape) has no
+    UTF-8 form: such a value is written with ASCII escapes, which is the same JSON value.
+    """
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value, indent=indent, ensure_ascii=True)
+    return text
+
+
+class _Document:
+    """One parsed file: its records in file order, and which of them are readable."""
+
+    __slots__ = ("raw", "records", "unreadable")
+
+    def __init__(
+        self, raw: dict[str, _Raw], records: dict[str, Any], unreadable: dict[str, str]
+    ) -> None:
+        self.raw = raw  # every record, in file order
+        self.records = records  # key -> model, for the records that could be read
+        self.unreadable = unreadable  # key -> why it cannot be read
+
+
+def render(
+    raw: dict[str, _Raw], models: dict[str, Any], hidden: set[str], to_legacy: Any
+) -> tuple[bytes, dict[str, _Raw]]:
+    """The file holding ``models`` and the ``hidden`` records of ``raw``, and its new records.
+
+    File order is kept: the records already in the file first, then new ones. A model that is
+    the very object read from the file is written back as the value it was read as.
+    """
+    out: dict[str, _Raw] = {}
+    for key, entry in raw.items():
+        model = models.get(key)
+        if model is None:
+            if key in hidden:
+                out[key] = entry
+        elif entry.model is model:
+            out[key] = entry
+        else:
+            out[key] = _Raw(key, to_legacy(model), model)
+    for key, model in models.items():
+        if key not in out:
+            out[key] = _Raw(key, to_legacy(model), model)
+    if not out:
+        return b"{}\n", out
+    body = ",\n".join(entry.text for entry in out.values())
+    return ("{\n" + body + "\n}\n").encode("utf-8"), out
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -117,21 +171,71 @@ def write_temp(directory: Path, label: str, data: bytes) -> Path:
 
 
 class _State:
-    """Both files' records; the copy a write unit works on tracks what it changed."""
+    """Both files' records; the copy a write unit works on tracks what it changed.
 
-    __slots__ = ("sessions", "sessions_changed", "tokens", "tokens_changed")
+    ``sessions`` and ``tokens`` are what reads see. ``raw`` holds each file's records as read,
+    and ``hidden`` the keys of those kept on a rewrite although no read shows them (records that
+    cannot be understood, tokens whose session is missing).
+    """
 
-    def __init__(self, sessions: dict[str, Session], tokens: dict[str, Token]) -> None:
+    __slots__ = ("hidden", "raw", "sessions", "sessions_changed", "tokens", "tokens_changed")
+
+    def __init__(
+        self,
+        sessions: dict[str, Session],
+        tokens: dict[str, Token],
+        raw: dict[str, dict[str, _Raw]] | None = None,
+        hidden: dict[str, set[str]] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.tokens = tokens
+        self.raw = raw if raw is not None else {SESSIONS_FILE: {}, TOKENS_FILE: {}}
+        self.hidden = hidden if hidden is not None else {SESSIONS_FILE: set(), TOKENS_FILE: set()}
         self.sessions_changed = False
         self.tokens_changed = False
 
     def copy(self) -> _State:
-        state = _State(dict(self.sessions), dict(self.tokens))
+        hidden = {name: set(keys) for name, keys in self.hidden.items()}
+        state = _State(dict(self.sessions), dict(self.tokens), self.raw, hidden)
         state.sessions_changed = self.sessions_changed
         state.tokens_changed = self.tokens_changed
         return state
+
+
+_TEMP_NAME = re.compile(
+    re.escape(TEMP_PREFIX) + r"(claude-sessions\.json|claude-tokens\.json)-[0-9a-f]{16}"
+)
+
+
+def recover_journal(data_dir: Path) -> None:
+    """Roll a committed journal in ``data_dir`` forward (the lock is held).
+
+    Only the names this backend writes are accepted: a temp file of our own naming (its random
+    part included) moved onto the data file it was written for, each data file at most once.
+    Anything else is refused before a single file is renamed, so a tampered journal cannot
+    move one data file over the other.
+    """
+    journal = data_dir / JOURNAL_FILE
+    try:
+        raw = journal.read_bytes()
+    except FileNotFoundError:
+        return
+    try:
+        moves = json.loads(raw)
+        pairs = [(m["temp"], m["target"]) for m in moves]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreCorrupted(f"{journal}: unreadable commit journal: {exc}") from exc
+    targets = [target for _, target in pairs]
+    for temp, target in pairs:
+        match = _TEMP_NAME.fullmatch(temp) if isinstance(temp, str) else None
+        if match is None or match.group(1) != target or targets.count(target) != 1:
+            raise StoreCorrupted(f"{journal}: journal names files this store does not write")
+    for temp, target in pairs:
+        if (data_dir / temp).exists():
+            os.replace(data_dir / temp, data_dir / target)
+    fsync_dir(data_dir)
+    journal.unlink()
+    fsync_dir(data_dir)
 
 
 class JsonStore(BaseStore):
@@ -154,9 +258,9 @@ class JsonStore(BaseStore):
         self.tokens_path = self.data_dir / TOKENS_FILE
         self._timeout = lock_timeout_s
         # Parsed files keyed by (inode, size, mtime_ns): an unchanged file is not parsed again.
-        self._cache: dict[str, tuple[_FileKey, int, dict[str, Any]]] = {}
+        self._cache: dict[str, tuple[_FileKey, int, _Document]] = {}
         self._loaded: tuple[tuple[_FileKey | None, _FileKey | None], _State] | None = None
-        self._fragments = {SESSIONS_FILE: _Fragments(), TOKENS_FILE: _Fragments()}
+        self._unreadable: dict[str, dict[str, str]] = {SESSIONS_FILE: {}, TOKENS_FILE: {}}
         self._reset_for_process()
         self._guard(lambda: ensure_private_dir(self.data_dir))
         with self._reading():  # refuse a corrupt file at open, not at first use
@@ -186,15 +290,22 @@ class JsonStore(BaseStore):
         except OSError as exc:
             raise RegistryError(f"{self.data_dir}: {exc.strerror or exc}") from exc
 
+    def _check_process(self) -> None:
+        # A child forked inside a unit (or a read scope) must not believe it is inside its
+        # parent's: it would write without the lock, and the parent's commit would overwrite
+        # its change. It starts from nothing and takes the lock like any other process.
+        if os.getpid() != self._pid:
+            self._reset_for_process()
+
     @contextmanager
     def _locked(self) -> Iterator[_State]:
         """Hold the mutex and the file lock; finish an interrupted commit; load both files."""
-        if os.getpid() != self._pid:
-            self._reset_for_process()
+        self._check_process()
         self._check_open()
         with self._mutex:
+            lock, pid = self._file_lock, self._pid
             try:
-                self._file_lock.acquire()
+                lock.acquire()
             except filelock.Timeout as exc:
                 raise StoreBusy(
                     f"{self.data_dir}: lock {LOCK_FILE} still held after {self._timeout} s"
@@ -205,28 +316,11 @@ class JsonStore(BaseStore):
                 self._guard(self._recover)
                 yield self._load()
             finally:
-                self._file_lock.release()
+                if os.getpid() == pid:  # a forked child never releases its parent's lock
+                    lock.release()
 
     def _recover(self) -> None:
-        """Roll a committed journal forward (the lock is held)."""
-        journal = self.data_dir / JOURNAL_FILE
-        try:
-            raw = journal.read_bytes()
-        except FileNotFoundError:
-            return
-        try:
-            moves = json.loads(raw)
-            pairs = [(str(m["temp"]), str(m["target"])) for m in moves]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise StoreCorrupted(f"{journal}: unreadable commit journal: {exc}") from exc
-        for temp, target in pairs:
-            if os.path.basename(temp) != temp or target not in (SESSIONS_FILE, TOKENS_FILE):
-                raise StoreCorrupted(f"{journal}: journal names a file outside the store")
-            if (self.data_dir / temp).exists():
-                os.replace(self.data_dir / temp, self.data_dir / target)
-        fsync_dir(self.data_dir)
-        journal.unlink()
-        fsync_dir(self.data_dir)
+        recover_journal(self.data_dir)
 
     def _remove_litter(self) -> None:
         """Delete temp files of writers that died before committing (the lock is held)."""
@@ -240,20 +334,31 @@ class JsonStore(BaseStore):
         keys = (sessions_key, tokens_key)
         if self._loaded is not None and self._loaded[0] == keys:
             return self._loaded[1]
-        # A token whose session is gone (the legacy daemon did not always cascade) cannot be
-        # used: it is not shown, and the next write of the tokens file drops it.
-        state = _State(sessions, {k: t for k, t in tokens.items() if t.session_id in sessions})
+        # A token whose session is gone (the legacy daemon's mintToken does not check that the
+        # session exists) cannot be used: it is not shown, as the legacy daemon answers
+        # "Session not found" for it too, but it stays in the file.
+        visible = {k: t for k, t in tokens.records.items() if t.session_id in sessions.records}
+        state = _State(
+            dict(sessions.records),
+            visible,
+            {SESSIONS_FILE: sessions.raw, TOKENS_FILE: tokens.raw},
+            {
+                SESSIONS_FILE: set(sessions.raw).difference(sessions.records),
+                TOKENS_FILE: set(tokens.raw).difference(visible),
+            },
+        )
+        self._unreadable = {SESSIONS_FILE: sessions.unreadable, TOKENS_FILE: tokens.unreadable}
         self._loaded = (keys, state)
         return state
 
-    def _read_document(self, name: str) -> tuple[_FileKey | None, dict[str, Any]]:
+    def _read_document(self, name: str) -> tuple[_FileKey | None, _Document]:
         """The parsed records of one file, from the cache while the file is unchanged."""
         path = self.data_dir / name
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             self._forget(name)
-            return None, {}
+            return None, _Document({}, {}, {})
         except OSError as exc:
             raise RegistryError(f"{path}: cannot open: {exc.strerror}") from exc
         try:
@@ -280,7 +385,7 @@ class JsonStore(BaseStore):
         self._remember(name, key, fd, parsed)
         return key, parsed
 
-    def _remember(self, name: str, key: _FileKey, fd: int, parsed: dict[str, Any]) -> None:
+    def _remember(self, name: str, key: _FileKey, fd: int, parsed: _Document) -> None:
         # The cached file stays open so that its inode cannot be freed and reused by a later
         # file: a matching (inode, size, mtime_ns) then really is the same file, even when
         # several writes land within one tick of the filesystem clock.
@@ -292,34 +397,59 @@ class JsonStore(BaseStore):
         if cached is not None:
             os.close(cached[1])
 
-    def _parse_document(self, path: Path, raw: bytes) -> dict[str, Any]:
+    def _parse_document(self, path: Path, raw: bytes) -> _Document:
+        """Every record of one file; only a file that is not a JSON object is refused."""
         try:
             document = parse_json_object(raw)
+            records = document
             if path.name == SESSIONS_FILE:
-                return {
-                    key: session_from_legacy(key, record, session_ttl=self._session_ttl)
-                    for key, record in unwrap_sessions_document(document).items()
-                }
-            return {
-                key: token_from_legacy(key, record, token_ttl=self._token_ttl)
-                for key, record in document.items()
-            }
+                records = unwrap_sessions_document(document)
         except ValidationError as exc:
             raise StoreCorrupted(f"{path}: cannot be read: {exc}") from exc
+        # The plan's wrapper shape is rewritten in the legacy daemon's flat shape, each record
+        # converted (the wrapper itself cannot be kept); otherwise records keep their values.
+        convert = records is not document
+        entries: dict[str, _Raw] = {}
+        parsed: dict[str, Any] = {}
+        unreadable: dict[str, str] = {}
+        for key, value in records.items():
+            try:
+                if path.name == SESSIONS_FILE:
+                    model: Any = session_from_legacy(key, value, session_ttl=self._session_ttl)
+                else:
+                    model = token_from_legacy(key, value, token_ttl=self._token_ttl)
+            except ValidationError as exc:
+                unreadable[key] = str(exc)
+                entries[key] = _Raw(key, value, None)
+                continue
+            parsed[key] = model
+            if not convert:
+                entries[key] = _Raw(key, value, model)
+        return _Document(entries, parsed, unreadable)
 
     def _commit(self, state: _State) -> None:
         """Write the files ``state`` changed (the lock is held)."""
-        writes: list[tuple[str, bytes, dict[str, Any]]] = []
+        writes: list[tuple[str, bytes, _Document]] = []
         if state.sessions_changed:
-            data = self._fragments[SESSIONS_FILE].render(state.sessions, session_to_legacy)
-            writes.append((SESSIONS_FILE, data, state.sessions))
+            writes.append(self._render(SESSIONS_FILE, state, state.sessions, session_to_legacy))
         if state.tokens_changed:
-            data = self._fragments[TOKENS_FILE].render(state.tokens, token_to_legacy)
-            writes.append((TOKENS_FILE, data, state.tokens))
+            writes.append(self._render(TOKENS_FILE, state, state.tokens, token_to_legacy))
         if writes:  # a change that changes nothing writes nothing
             self._guard(lambda: self._write_files(writes))
 
-    def _write_files(self, writes: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+    def _render(
+        self, name: str, state: _State, models: dict[str, Any], to_legacy: Any
+    ) -> tuple[str, bytes, _Document]:
+        data, entries = render(state.raw[name], models, state.hidden[name], to_legacy)
+        unreadable = self._unreadable[name]
+        document = _Document(
+            entries,
+            {key: entry.model for key, entry in entries.items() if entry.model is not None},
+            {key: why for key, why in unreadable.items() if key in entries and key not in models},
+        )
+        return name, data, document
+
+    def _write_files(self, writes: list[tuple[str, bytes, _Document]]) -> None:
         self._remove_litter()
         if len(writes) == 1:
             name, data, _ = writes[0]
@@ -330,16 +460,17 @@ class JsonStore(BaseStore):
             # The commit point: once the journal exists, the unit will be completed by someone.
             write_atomically(self.data_dir / JOURNAL_FILE, json.dumps(journal).encode())
             self._recover()
-        for name, _, records in writes:
+        for name, _, document in writes:
             # What was just written needs no parsing on the next read.
             fd = os.open(self.data_dir / name, os.O_RDONLY)
             st = os.fstat(fd)
-            self._remember(name, (st.st_ino, st.st_size, st.st_mtime_ns), fd, records)
+            self._remember(name, (st.st_ino, st.st_size, st.st_mtime_ns), fd, document)
 
     # ----------------------------------------------------------------- scopes
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
+        self._check_process()
         if self._unit is not None and self._unit_thread == threading.get_ident():
             yield  # inside this thread's write unit: read its working state
             return
@@ -352,6 +483,7 @@ class JsonStore(BaseStore):
 
     @contextmanager
     def _writing(self, *, savepoint: bool) -> Iterator[None]:
+        self._check_process()
         unit = self._unit
         if unit is not None and self._unit_thread == threading.get_ident():
             if not savepoint:
@@ -368,18 +500,30 @@ class JsonStore(BaseStore):
             return
         with self._locked() as loaded:
             unit = loaded.copy()
+            pid = self._pid
             self._unit, self._unit_thread = unit, threading.get_ident()
             try:
                 yield
+                if os.getpid() != pid:
+                    # A child forked inside this unit reached its end: the unit and its lock
+                    # belong to the parent, which commits it.
+                    raise RegistryError("a unit opened before fork() cannot end in the child")
                 self._commit(unit)
             finally:
-                self._unit, self._unit_thread = None, 0
+                if os.getpid() == pid:
+                    self._unit, self._unit_thread = None, 0
 
     def _state(self) -> _State:
         state = self._unit if self._unit is not None else self._view
         if state is None:
             raise RuntimeError("json store primitive used outside a read or write scope")
         return state
+
+    def _data_version(self) -> object:
+        # Both files' (inode, size, mtime_ns) as the open scope loaded them: a committed change
+        # replaces a file (a new inode), and the cached old file is kept open, so its inode
+        # number cannot be handed to the new one.
+        return None if self._loaded is None else self._loaded[0]
 
     def _close(self) -> None:
         with self._mutex:
@@ -390,13 +534,47 @@ class JsonStore(BaseStore):
     # ----------------------------------------------------------------- whole-store operations
 
     def replace_contents(self, sessions: list[Session], tokens: list[Token]) -> None:
-        """Make both files hold exactly these records, as one all-or-nothing unit (the export)."""
+        """Make both files show exactly these records, as one all-or-nothing unit (the export).
+
+        Records that cannot be understood stay (they are never shown, so they cannot disagree
+        with the export); every readable record is replaced, orphan tokens included: the
+        export's source is authoritative for what can be read.
+        """
         with self._writing(savepoint=False):
             # Both files are written even when unchanged: an export must leave both behind.
             state = self._state()
             state.sessions = {s.session_id: s for s in sessions}
             state.tokens = {t.token: t for t in tokens}
+            for name in (SESSIONS_FILE, TOKENS_FILE):
+                state.hidden[name] = set(self._unreadable[name])
             state.sessions_changed = state.tokens_changed = True
+
+    @property
+    def unreadable_records(self) -> int:
+        """How many records in the two files cannot be understood (kept, never shown)."""
+        return len(self.unreadable())
+
+    def unreadable(self) -> list[tuple[str, str, str]]:
+        """``(file name, key, reason)`` of every record that cannot be understood.
+
+        Keys of the tokens file are tokens: shown as a short hash, never the value.
+        """
+        with self._reading():
+            found = [
+                (SESSIONS_FILE, key, why) for key, why in self._unreadable[SESSIONS_FILE].items()
+            ]
+            found.extend(
+                (TOKENS_FILE, token_hint(key), why)
+                for key, why in self._unreadable[TOKENS_FILE].items()
+            )
+        return found
+
+    @property
+    def orphan_tokens(self) -> int:
+        """How many readable tokens are hidden because their session is missing (kept)."""
+        with self._reading():
+            state = self._state()
+            return len(state.hidden[TOKENS_FILE]) - len(self._unreadable[TOKENS_FILE])
 
     # ----------------------------------------------------------------- primitives
 
@@ -407,6 +585,7 @@ class JsonStore(BaseStore):
         state = self._state()
         if state.sessions.get(session.session_id) != session:
             state.sessions[session.session_id] = session
+            state.hidden[SESSIONS_FILE].discard(session.session_id)  # a write replaces it
             state.sessions_changed = True
 
     def _delete_sessions(self, session_ids: list[str]) -> None:
@@ -450,6 +629,7 @@ class JsonStore(BaseStore):
         state = self._state()
         if state.tokens.get(token.token) != token:
             state.tokens[token.token] = token
+            state.hidden[TOKENS_FILE].discard(token.token)  # a write replaces it
             state.tokens_changed = True
 
     def _delete_token(self, token: str) -> bool:

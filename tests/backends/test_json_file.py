@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from registry import Store, StoreCorrupted, Transport, open_store
+from registry import Store, StoreCorrupted, TokenNotFound, Transport, open_store
 from registry.backends.json_file import JOURNAL_FILE, TEMP_PREFIX, JsonStore
 from tests.conftest import LEGACY_SAMPLES, FakeClock, data_files
 
@@ -104,18 +104,24 @@ def test_plan_shape_is_rewritten_flat(tmp_path: Path, clock: FakeClock) -> None:
     assert document["0b4f8e52-7c1d-4e0a-9a51-3f2d6c1b9e01"]["state"] == "running"
 
 
-def test_orphan_tokens_are_hidden_and_dropped_on_the_next_write(
+def test_orphan_tokens_are_hidden_and_kept_verbatim_on_rewrites(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     copy_sample("real", tmp_path)
     sessions = json.loads((tmp_path / "claude-sessions.json").read_text())
     del sessions["0b4f8e52-7c1d-4e0a-9a51-3f2d6c1b9e01"]
     (tmp_path / "claude-sessions.json").write_text(json.dumps(sessions))
+    original = json.loads((tmp_path / "claude-tokens.json").read_text())
     with open_json(tmp_path, clock) as store:
         assert store.tokens.get_session_by_token("q1W2e3R4t5Y6u7I8o9P0aA") is None
         assert store.tokens.tokens_for_session("0b4f8e52-7c1d-4e0a-9a51-3f2d6c1b9e01") == []
-        store.tokens.revoke_token("Zx_Cv-Bn1Mm2Ll3Kk4Jj5H")
-    assert json.loads((tmp_path / "claude-tokens.json").read_text()) == {}
+        with pytest.raises(TokenNotFound):  # as the legacy daemon: "Session not found"
+            store.tokens.validate_token("q1W2e3R4t5Y6u7I8o9P0aA", 123456789)
+        assert store.tokens.revoke_token("Zx_Cv-Bn1Mm2Ll3Kk4Jj5H")
+        assert store.tokens.cleanup_expired_tokens() == 0  # the orphans are not ours to clean
+        assert isinstance(store, JsonStore) and store.orphan_tokens == 2
+    kept = json.loads((tmp_path / "claude-tokens.json").read_text())
+    assert kept == {k: v for k, v in original.items() if k != "Zx_Cv-Bn1Mm2Ll3Kk4Jj5H"}
 
 
 @pytest.mark.parametrize(
@@ -126,13 +132,12 @@ def test_orphan_tokens_are_hidden_and_dropped_on_the_next_write(
         ("claude-sessions.json", b"\xff\xfe{}"),
         ("claude-sessions.json", b"[]"),
         ("claude-sessions.json", b"42"),
-        ("claude-sessions.json", b'{"a": "a string"}'),
-        ("claude-sessions.json", b'{"a": {"session_id": "a"}}'),  # no timestamp at all
-        ("claude-tokens.json", b'{"t": {"session_id": "a", "chat_id": "x", "created_at": 1}}'),
+        ("claude-tokens.json", b'"a string"'),
+        ("claude-tokens.json", b"[" * 100_000 + b"]" * 100_000),
     ],
-    ids=["empty", "truncated", "not-utf8", "list", "number", "string-record", "no-time", "chat"],
+    ids=["empty", "truncated", "not-utf8", "list", "number", "string", "deep"],
 )
-def test_damaged_file_is_refused_and_left_byte_identical(
+def test_a_file_that_is_not_a_json_object_is_refused_and_left_byte_identical(
     tmp_path: Path, clock: FakeClock, name: str, content: bytes
 ) -> None:
     tmp_path.mkdir(exist_ok=True)
@@ -331,3 +336,329 @@ def test_lock_is_a_sidecar_file(tmp_path: Path, clock: FakeClock) -> None:
         assert Path(str(store._file_lock.lock_file)).parent == tmp_path
         assert Path(str(store._file_lock.lock_file)).name not in data_files(tmp_path)
     assert os.access(tmp_path, os.W_OK)
+
+
+# --------------------------------------------------------------------------- foreign records
+
+NOW_MS = 1770616800000  # the clock of these tests, 2026-02-09 06:00 UTC
+
+
+def good_record(sid: str, **extra: object) -> dict[str, object]:
+    return {
+        "session_id": sid,
+        "created_at": NOW_MS - 1000,
+        "updated_at": NOW_MS - 1000,
+        "last_seen": NOW_MS - 1000,
+        "expires_at": NOW_MS + 3_600_000,
+        **extra,
+    }
+
+
+def read_values(data_dir: Path) -> dict[str, dict[str, object]]:
+    """Each file's records as JSON values (the files must be strict UTF-8)."""
+    return {
+        name: json.loads((data_dir / name).read_bytes().decode("utf-8"))
+        for name in ("claude-sessions.json", "claude-tokens.json")
+        if (data_dir / name).exists()
+    }
+
+
+UNREADABLE_SESSIONS: dict[str, str] = {
+    "string": '"not an object"',
+    "no-time": '{"session_id": "no-time", "cwd": "/x"}',
+    "surrogate": '{"session_id": "surrogate", "cwd": "/caf\\udcff", "created_at": 1}',
+    "state": '{"session_id": "state", "state": "paused", "created_at": 1}',
+    "kind": '{"session_id": "kind", "transport": {"kind": "ssh"}, "created_at": 1}',
+    "nan": '{"session_id": "nan", "created_at": NaN}',
+    "ppid": '{"session_id": "ppid", "ppid": "41234", "created_at": 1}',
+    "renamed": '{"session_id": "another", "created_at": 1}',
+}
+UNREADABLE_TOKENS: dict[str, str] = {
+    "chat": '{"session_id": "good", "chat_id": "@someone", "created_at": 1}',
+    "no-time": '{"session_id": "good", "chat_id": "1"}',
+    "surrogate": '{"session_id": "good", "chat_id": "1", "created_at": 1, '
+    '"context": {"summary": "\\ud800"}}',
+    "scopes": '{"session_id": "good", "chat_id": "1", "created_at": 1, "scopes": "send_cmd"}',
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "text"),
+    [("claude-sessions.json", k, v) for k, v in UNREADABLE_SESSIONS.items()]
+    + [("claude-tokens.json", k, v) for k, v in UNREADABLE_TOKENS.items()],
+    ids=[f"session-{k}" for k in UNREADABLE_SESSIONS] + [f"token-{k}" for k in UNREADABLE_TOKENS],
+)
+def test_a_record_that_cannot_be_understood_is_hidden_counted_and_kept_verbatim(
+    tmp_path: Path, clock: FakeClock, name: str, key: str, text: str
+) -> None:
+    good = {"good": good_record("good")}
+    token = {"session_id": "good", "chat_id": "5", "created_at": NOW_MS, "expires_at": NOW_MS + 1}
+    files = {"claude-sessions.json": json.dumps(good), "claude-tokens.json": "{}"}
+    files[name] = (
+        "{" + f'"{key}": {text}, ' + files[name][1:]
+        if name.endswith("sessions.json")
+        else "{" + f'"{key}": {text}, "tok": {json.dumps(token)}' + "}"
+    )
+    for file_name, content in files.items():
+        (tmp_path / file_name).write_text(content, encoding="utf-8")
+    bad_value = json.loads(files[name])[key]
+    with open_json(tmp_path, clock) as store:
+        assert isinstance(store, JsonStore)
+        assert [s.session_id for s in store.sessions.list_sessions()] == ["good"]
+        assert store.unreadable_records == 1
+        assert store.sessions.get(key) is None
+        with pytest.raises(TokenNotFound):
+            store.tokens.validate_token(key, 1)
+        # Every kind of write, to both files, and a cleanup: the record stays as it was.
+        store.sessions.register("new", label="n")
+        store.tokens.mint_token("good", 1)
+        with store.atomic():
+            store.sessions.touch("good")
+            store.tokens.store_token("other", "new", 2)
+        assert store.sessions.cleanup_expired_sessions() == []
+        clock.advance(hours=2)
+        store.tokens.cleanup_expired_tokens()
+        store.sessions.cleanup_expired_sessions()
+        assert store.unreadable_records == 1
+    assert read_values(tmp_path)[name][key] == bad_value
+    with open_json(tmp_path, clock) as store:
+        assert isinstance(store, JsonStore)
+        assert [n for n, _, _ in store.unreadable()] == [name]
+
+
+def test_records_beyond_our_api_limits_are_read_as_they_are(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    long_id, big = "s" * 300, "big-session"
+    sessions = {
+        long_id: good_record(long_id),
+        big: good_record(
+            big,
+            label="ł" * 10_000,
+            cwd="/" + "d" * 5000,
+            transport={"kind": "tmux", **{f"k{i}": f"v{i}" for i in range(300)}},
+        ),
+        "good": good_record("good"),
+    }
+    context = {"summary": "é" * (2 * 1024 * 1024), "nested": [[[[{"x": 1}]]]]}
+    tokens = {
+        "big": {
+            "session_id": big,
+            "chat_id": "7",
+            "created_at": NOW_MS,
+            "expires_at": NOW_MS + 60_000,
+            "scopes": [f"scope{i}" for i in range(300)],
+            "context": context,
+        }
+    }
+    write_files(tmp_path, sessions, tokens)
+    with open_json(tmp_path, clock) as store:
+        assert isinstance(store, JsonStore) and store.unreadable_records == 0
+        # An id longer than our API accepts is listed (a lookup by it cannot be asked for).
+        assert long_id in {s.session_id for s in store.sessions.list_sessions()}
+        session = store.sessions.get(big)
+        assert session is not None and session.label == "ł" * 10_000
+        assert len(session.transport.details) == 300
+        token = store.tokens.validate_token("big", 7)
+        assert token.context == context and len(token.scopes) == 300
+        store.sessions.register("good", label="changed")
+        store.tokens.mint_token("good", 1)
+    values = read_values(tmp_path)
+    assert values["claude-sessions.json"][long_id] == sessions[long_id]
+    assert values["claude-sessions.json"][big] == sessions[big]
+    assert values["claude-tokens.json"]["big"] == tokens["big"]
+
+
+def write_files(data_dir: Path, sessions: object, tokens: object) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "claude-sessions.json").write_text(json.dumps(sessions), encoding="utf-8")
+    (data_dir / "claude-tokens.json").write_text(json.dumps(tokens), encoding="utf-8")
+
+
+def test_a_lone_surrogate_in_one_record_does_not_stop_later_writes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Issue 10: one such record made the json store refuse every later write."""
+    text = json.dumps({"bad": good_record("bad", cwd="/caf\udcff"), "good": good_record("good")})
+    assert "\\udcff" in text
+    (tmp_path / "claude-sessions.json").write_text(text, encoding="ascii")
+    with open_json(tmp_path, clock) as store:
+        store.sessions.register("hooked", cwd="/home/dev")
+        store.sessions.update("good", label="x")
+        assert {s.session_id for s in store.sessions.list_sessions()} == {"good", "hooked"}
+    raw = (tmp_path / "claude-sessions.json").read_bytes()
+    assert json.loads(raw.decode("utf-8"))["bad"]["cwd"] == "/caf\udcff"  # same value, escaped
+
+
+def test_what_the_legacy_daemon_writes_stays_through_every_command(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    copy_sample("daemon", tmp_path)
+    original = read_values(tmp_path)
+    upserted, touched, stopped = (
+        "5d0c1a7e-3b2f-4c1d-9e8f-0a1b2c3d4e01",
+        "6e1d2b8f-4c3a-4d2e-8f9a-1b2c3d4e5f02",
+        "7f2e3c9a-5d4b-4e3f-9a0b-2c3d4e5f6a03",
+    )
+    with open_json(tmp_path, clock) as store:
+        assert isinstance(store, JsonStore)
+        assert store.unreadable_records == 3 and store.orphan_tokens == 1
+        ids = {s.session_id for s in store.sessions.list_sessions()}
+        assert ids == {upserted, touched, stopped}
+        summary = store.tokens.validate_token("Lg7Qm2Xr9Tz4Wk1Np6Vb3A", 123456789).context
+        assert len(summary["summary"]) == 30_000 and not summary["summary"].isascii()
+        assert store.tokens.validate_token("Hs4Dk8Pq1Wm5Zr2Xv7Nc0B", -1001234567890)
+        assert store.tokens.get_session_by_token("Or9Ph4An7To2Ke5Nx8Qw1C") is None
+        stopped_session = store.sessions.get(stopped)
+        assert stopped_session is not None and stopped_session.state == "stopped"
+        # What our side does while the legacy daemon runs: hooks, a mint, a revoke, cleanups.
+        store.sessions.register("ours", ppid=4242, cwd="/home/dev/ours")
+        store.tokens.mint_token("ours", 5)
+        store.sessions.touch(touched)
+        assert store.tokens.revoke_token("Hs4Dk8Pq1Wm5Zr2Xv7Nc0B")
+        assert store.sessions.cleanup_expired_sessions() == []
+        assert store.tokens.cleanup_expired_tokens() == 0
+    after = read_values(tmp_path)
+    changed = {("claude-sessions.json", touched), ("claude-tokens.json", "Hs4Dk8Pq1Wm5Zr2Xv7Nc0B")}
+    for name, records in original.items():
+        for key, value in records.items():
+            if (name, key) not in changed:
+                assert after[name][key] == value, (name, key)
+    assert "Hs4Dk8Pq1Wm5Zr2Xv7Nc0B" not in after["claude-tokens.json"]
+    assert after["claude-sessions.json"][touched]["last_seen"] == NOW_MS
+
+
+# --------------------------------------------------------------------------- fork and journal
+
+FORK_IN_UNIT = textwrap.dedent(
+    """
+    import os, sys
+    from registry import RegistryError, open_store
+
+    store = open_store({"backend": "json", "data_dir": sys.argv[1]})
+    store.sessions.register("before")
+    with store.atomic():
+        store.sessions.register("parent")
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                # Not the parent's unit: this write waits for the parent's lock, then commits.
+                store.sessions.register("child")
+            except BaseException as exc:
+                print("child write failed:", repr(exc), flush=True)
+                code = 1
+            try:
+                store.sessions.get("x")
+            except BaseException as exc:
+                print("child read failed:", repr(exc), flush=True)
+                code = 1
+            # Leaving the parent's unit in the child must not commit it.
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print("child exit", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_child_forked_inside_a_unit_is_not_in_its_parents_unit(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_IN_UNIT, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child exit 0" in result.stdout, result.stdout
+    with open_json(tmp_path, clock) as store:
+        # The child's write took the lock after the parent's commit: both survive.
+        assert {s.session_id for s in store.sessions.list_sessions()} == {
+            "before",
+            "parent",
+            "child",
+        }
+
+
+FORK_ENDS_UNIT = textwrap.dedent(
+    """
+    import os, sys
+    from registry import RegistryError, open_store
+
+    store = open_store({"backend": "json", "data_dir": sys.argv[1]})
+    pid = -1
+    try:
+        with store.atomic():
+            store.sessions.register("parent")
+            pid = os.fork()
+    except RegistryError as exc:
+        assert pid == 0
+        print("refused:", exc, flush=True)
+        os._exit(7)
+    if pid == 0:
+        os._exit(0)  # the unit ended in the child without a refusal
+    _, status = os.waitpid(pid, 0)
+    print("child exit", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_unit_reaching_its_end_in_a_forked_child_is_refused_not_committed(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_ENDS_UNIT, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child exit 7" in result.stdout, result.stdout
+    with open_json(tmp_path, clock) as store:
+        assert [s.session_id for s in store.sessions.list_sessions()] == ["parent"]
+
+
+@pytest.mark.parametrize(
+    "journal",
+    [
+        [{"temp": "claude-tokens.json", "target": "claude-sessions.json"}],
+        [
+            {
+                "temp": f"{TEMP_PREFIX}claude-sessions.json-{'a' * 16}",
+                "target": "claude-sessions.json",
+            },
+            {"temp": "../elsewhere", "target": "claude-tokens.json"},
+        ],
+        [
+            {
+                "temp": f"{TEMP_PREFIX}claude-sessions.json-{'a' * 16}",
+                "target": "claude-sessions.json",
+            },
+            {
+                "temp": f"{TEMP_PREFIX}claude-sessions.json-{'b' * 16}",
+                "target": "claude-sessions.json",
+            },
+        ],
+        [{"temp": f"{TEMP_PREFIX}claude-tokens.json-{'a' * 16}", "target": "claude-sessions.json"}],
+        [{"temp": f"{TEMP_PREFIX}claude-sessions.json-{'a' * 16}", "target": "ccr-registry.toml"}],
+    ],
+    ids=["data-file-over-data-file", "second-move-bad", "target-twice", "crossed", "other-target"],
+)
+def test_a_tampered_journal_is_refused_before_anything_is_renamed(
+    tmp_path: Path, clock: FakeClock, journal: list[dict[str, str]]
+) -> None:
+    with open_json(tmp_path, clock) as store:
+        store.sessions.register("s1")
+        store.tokens.store_token("t1", "s1", 1)
+    for move in journal:
+        temp = tmp_path / move["temp"]
+        if temp.parent == tmp_path and not temp.exists():
+            temp.write_text("{}")
+    (tmp_path / JOURNAL_FILE).write_text(json.dumps(journal))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(StoreCorrupted, match="journal"):
+        open_json(tmp_path, clock)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before

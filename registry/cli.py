@@ -1,14 +1,16 @@
 """``ccr-registry``: the command line for Claude Code hooks and for operators (SPEC 8).
 
-Argument parsing and printing only; every command calls the library. Imports are lazy: a hook
-imports the config, the one backend it opens and the models, nothing else.
+Argument parsing and printing only; every command calls the library. :func:`main` hands a hook
+invocation to :mod:`registry.hook` before it imports argparse: a hook is a process of its own
+every time the agent starts, stops or ends, so its start-up is the cost that counts.
 
-Exit codes: 0 ok, 1 not found or differences, 2 usage (argparse's own code), 3 store error.
+Exit codes: 0 ok, 1 not found, differences or failed checks, 2 usage, 3 store error. Results go to
+stdout (one JSON document with ``--json``), errors and progress to stderr; with ``--json`` an error
+is also a JSON object ``{"error": ..., "code": ...}`` on stdout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -17,7 +19,9 @@ from pathlib import Path
 # Imported for annotations only: importing typing costs a hook process measurable start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
+    from datetime import datetime
     from typing import Any, Final
 
     from registry.config import StoreConfig
@@ -29,14 +33,13 @@ EXIT_NOT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_STORE: Final = 3
 
-# A hook must never stall the agent: a short lock timeout of its own, and a hard deadline.
-HOOK_LOCK_TIMEOUT_S: Final = 2.0
-HOOK_DEADLINE_S: Final = 5.0
-HOOK_STDIN_LIMIT: Final = 1 << 20
-
 PROG: Final = "ccr-registry"
 # URL-safe base64 may begin with "-", which argparse would read as an option.
 TOKEN_HELP: Final = 'the token value; put "--" before it if it starts with "-"'
+COMMANDS: Final = ("hook", "sessions", "tokens", "cleanup", "migrate", "export", "verify")
+COMMANDS_MORE: Final = ("doctor", "config")
+# A --ttl beyond this is a typing mistake, not a lifetime (and 1e300 s overflows timedelta).
+MAX_TTL_S: Final = 100 * 365 * 86400
 
 
 class CommandError(Exception):
@@ -56,27 +59,39 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> StoreConfig:
     ``--data-dir D`` acts like ``CCR_DATA_DIR=D``: without ``--config`` or
     ``$CCR_REGISTRY_CONFIG``, ``D/ccr-registry.toml`` is read if it exists.
     """
-    from registry.config import CONFIG_FILE_NAME, ENV_CONFIG, StoreConfig
+    from registry.hook import load_config as resolve
 
-    config_path = args.config
-    data_dir = Path(args.data_dir).expanduser().absolute() if args.data_dir else None
-    if config_path is None and data_dir is not None and not os.environ.get(ENV_CONFIG):
-        candidate = data_dir / CONFIG_FILE_NAME
-        config_path = candidate if candidate.is_file() else None
-        config = StoreConfig.from_toml(config_path) if config_path else StoreConfig()
-    else:
-        config = StoreConfig.resolve(config_path)
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
+    return resolve(args.config, args.data_dir, args.backend, **overrides)
+
+
+def fallback_config(args: argparse.Namespace) -> StoreConfig:
+    """The defaults with ``--data-dir`` and ``--backend``: what doctor and ``config show``
+    inspect when the config file cannot be used."""
+    from registry.config import StoreConfig
+    from registry.hook import data_dir_of
+
+    values: dict[str, Any] = {"data_dir": Path(data_dir_of(args.data_dir))}
     if args.backend:
-        overrides["backend"] = args.backend
-    return config.replace(**overrides) if overrides else config
+        values["backend"] = args.backend
+    return StoreConfig(**values)
 
 
-def open_configured(args: argparse.Namespace, **overrides: Any) -> Store:
-    from registry.factory import open_store
+def open_configured(args: argparse.Namespace, *, create: bool = True) -> Store:
+    """The configured store. Without ``create`` (commands that only read), a store that does
+    not exist yet is refused (exit 3) instead of created, legacy import included."""
+    from registry.factory import open_store, store_exists
 
-    return open_store(load_config(args, **overrides))
+    config = load_config(args)
+    if not create and not store_exists(config):
+        if config.backend == "json" or not config.data_dir.is_dir():
+            where = f"no data directory {config.data_dir}"
+        else:
+            where = f"no database {config.db_path}"
+        raise CommandError(
+            f"{where}: nothing to read (a hook or a command that writes creates the store)",
+            EXIT_STORE,
+        )
+    return open_store(config)
 
 
 # --------------------------------------------------------------------------- output
@@ -92,9 +107,42 @@ def emit(args: argparse.Namespace, document: Any, human: Callable[[], str]) -> N
             print(text)
 
 
+def to_stderr(text: str) -> None:
+    """One line on stderr, or nothing when stderr is closed.
+
+    With ``2>&-`` Python sets ``sys.stderr`` to None and ``print(file=None)`` writes to stdout;
+    and fd 2 may by now be a file this process opened, so it is checked before writing.
+    """
+    if sys.stderr is None:
+        return
+    try:
+        os.fstat(sys.stderr.fileno())
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+# Control characters (C0, DEL, C1), line and paragraph separators and bidirectional overrides:
+# stored text (a directory name, a label) must not retitle, recolour or reorder a terminal.
+_ESCAPED: Final = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    **{code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *range(0x202A, 0x202F))},
+    **{code: f"\\u{code:04x}" for code in range(0x2066, 0x206A)},
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0D: "\\r",
+}
+
+
+def printable(value: object) -> str:
+    """``value`` as text safe to print on a terminal (control characters escaped)."""
+    return ("" if value is None else str(value)).translate(_ESCAPED)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An aligned text table; the last column is not padded."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """An aligned text table, control characters escaped; the last column is not padded."""
+    cells = [[str(h) for h in headers]] + [[printable(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -103,40 +151,67 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def short_time(iso_text: str) -> str:
-    return iso_text.replace("T", " ")[:19]
+def short_time(moment: datetime) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in UTC (the table headers say so)."""
+    from registry.models import iso
+
+    return iso(moment).replace("T", " ")[:19]
+
+
+def utc_now() -> datetime:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def shown_state(session: Session, now: datetime) -> str:
+    """The state as it is true now: a session past its expiry is ``expired``, whatever it says."""
+    return "expired" if session.expires_at <= now else session.state
 
 
 def sessions_table(sessions: Sequence[Session]) -> str:
-    from registry.models import iso
-
     if not sessions:
         return "no sessions"
+    now = utc_now()
     rows = [
         (
             s.session_id,
-            s.state,
+            shown_state(s, now),
             "yes" if s.notify else "no",
             s.ppid,
             s.transport.kind,
-            short_time(iso(s.last_seen)),
-            short_time(iso(s.expires_at)),
+            short_time(s.last_seen),
+            short_time(s.expires_at),
             s.cwd,
         )
         for s in sessions
     ]
-    headers = ("SESSION", "STATE", "NOTIFY", "PPID", "TRANSPORT", "LAST SEEN", "EXPIRES", "CWD")
+    headers = (
+        "SESSION",
+        "STATE",
+        "NOTIFY",
+        "PPID",
+        "TRANSPORT",
+        "LAST SEEN (UTC)",
+        "EXPIRES (UTC)",
+        "CWD",
+    )
     return table(headers, rows)
 
 
-def session_detail(session: Session) -> str:
+def session_detail(session: Session, *, tokens: int | None = None) -> str:
     from registry.models import session_to_json
 
     data = session_to_json(session)
     transport = data.pop("transport")
-    rows = [(key, "" if value is None else value) for key, value in data.items()]
+    state = shown_state(session, utc_now())
+    if state != session.state:
+        data["state"] = f"{session.state} (expired at {data['expires_at']})"
+    rows: list[tuple[str, object]] = [(key, value) for key, value in data.items()]
     rows.append(("transport", transport["kind"]))
     rows.extend((f"  {k}", v) for k, v in transport["details"].items())
+    if tokens is not None:
+        rows.append(("tokens", tokens))
     return table(("FIELD", "VALUE"), rows)
 
 
@@ -153,11 +228,11 @@ def tokens_table(tokens: Sequence[Token], *, reveal: bool) -> str:
                 data["token"],
                 data["chat_id"],
                 ",".join(data["scopes"]),
-                short_time(data["created_at"]),
-                short_time(data["expires_at"]),
+                short_time(token.created_at),
+                short_time(token.expires_at),
             )
         )
-    return table(("TOKEN", "CHAT", "SCOPES", "CREATED", "EXPIRES"), rows)
+    return table(("TOKEN", "CHAT", "SCOPES", "CREATED (UTC)", "EXPIRES (UTC)"), rows)
 
 
 def progress_reporter(
@@ -202,7 +277,9 @@ def progress_reporter(
 
 
 def duration(text: str) -> Any:
-    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` as a timedelta."""
+    """``90``, ``90s``, ``30m``, ``24h`` or ``7d`` as a timedelta (at most 100 years)."""
+    import argparse
+    import math
     from datetime import timedelta
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -211,12 +288,17 @@ def duration(text: str) -> Any:
         value = float(number)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90s, 30m, 24h)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a duration cannot be negative")
-    return timedelta(seconds=value * units[unit])
+    seconds = value * units[unit]
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_TTL_S:
+        raise argparse.ArgumentTypeError(
+            f"not a usable duration: {text!r} (from 0 to {MAX_TTL_S // 86400}d)"
+        )
+    return timedelta(seconds=seconds)
 
 
 def chat_id(text: str) -> int:
+    import argparse
+
     try:
         return int(text)
     except ValueError:
@@ -224,6 +306,8 @@ def chat_id(text: str) -> int:
 
 
 def detail(text: str) -> tuple[str, Any]:
+    import argparse
+
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -257,7 +341,7 @@ def session_changes(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     from registry.models import session_to_json
 
-    with open_configured(args) as store:
+    with open_configured(args, create=False) as store:
         found = store.sessions.list_sessions(active_only=args.active, notify_only=args.notify)
     emit(args, [session_to_json(s) for s in found], lambda: sessions_table(found))
     return EXIT_OK
@@ -266,13 +350,13 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
 def cmd_sessions_show(args: argparse.Namespace) -> int:
     from registry.models import session_to_json
 
-    with open_configured(args) as store:
+    with open_configured(args, create=False) as store:
         session = store.sessions.get(args.session_id)
         if session is None:
             raise CommandError(f"no session {args.session_id!r}", EXIT_NOT_FOUND)
-        tokens = store.tokens.tokens_for_session(args.session_id)
-    document = {**session_to_json(session), "tokens": len(tokens)}
-    emit(args, document, lambda: session_detail(session) + f"\ntokens     {len(tokens)}")
+        tokens = len(store.tokens.tokens_for_session(args.session_id))
+    # The same object as one element of `sessions list --json`; `tokens list` has the tokens.
+    emit(args, session_to_json(session), lambda: session_detail(session, tokens=tokens))
     return EXIT_OK
 
 
@@ -304,7 +388,7 @@ def cmd_sessions_remove(args: argparse.Namespace) -> int:
         removed = store.sessions.remove(args.session_id)
     if not removed:
         raise CommandError(f"no session {args.session_id!r}", EXIT_NOT_FOUND)
-    emit(args, {"removed": args.session_id}, lambda: f"removed {args.session_id}")
+    emit(args, {"removed": args.session_id}, lambda: f"removed {printable(args.session_id)}")
     return EXIT_OK
 
 
@@ -318,15 +402,16 @@ def cmd_tokens_mint(args: argparse.Namespace) -> int:
         token = store.tokens.mint_token(
             args.session_id, args.chat_id, ttl=args.ttl, scopes=args.scope or None
         )
-    # The one command that prints a token's value: it is what the caller asked for.
-    emit(
-        args,
-        token_to_json(token, reveal=True),
-        lambda: (
-            f"{token.token}\nsession {token.session_id}  chat {token.chat_id}  "
+    # The one command that prints a token's value, alone on stdout so that
+    # T=$(ccr-registry tokens mint S C) captures exactly the token; the details go to stderr.
+    if args.json:
+        emit(args, token_to_json(token, reveal=True), str)
+    else:
+        print(token.token)
+        to_stderr(
+            f"minted for session {printable(token.session_id)}, chat {token.chat_id}, "
             f"expires {iso(token.expires_at)}"
-        ),
-    )
+        )
     return EXIT_OK
 
 
@@ -334,7 +419,7 @@ def cmd_tokens_validate(args: argparse.Namespace) -> int:
     from registry.errors import ChatMismatch, TokenExpired, TokenInvalid
     from registry.models import token_to_json
 
-    with open_configured(args) as store:
+    with open_configured(args, create=False) as store:
         try:
             token = store.tokens.validate_token(args.token, args.chat_id)
         except TokenInvalid as exc:
@@ -346,7 +431,7 @@ def cmd_tokens_validate(args: argparse.Namespace) -> int:
     emit(
         args,
         {"valid": True, **token_to_json(token)},
-        lambda: f"valid: session {token.session_id}",
+        lambda: f"valid: session {printable(token.session_id)}",
     )
     return EXIT_OK
 
@@ -366,7 +451,9 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 def cmd_tokens_list(args: argparse.Namespace) -> int:
     from registry.models import token_to_json
 
-    with open_configured(args) as store:
+    with open_configured(args, create=False) as store:
+        if store.sessions.get(args.session_id) is None:
+            raise CommandError(f"no session {args.session_id!r}", EXIT_NOT_FOUND)
         tokens = store.tokens.tokens_for_session(args.session_id)
     emit(
         args,
@@ -381,7 +468,12 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     both = not args.dead and not args.expired
-    result: dict[str, Any] = {}
+    # The same keys whatever the flags: a cleanup that was not asked for is null.
+    result: dict[str, Any] = {
+        "dead_sessions": None,
+        "expired_sessions": None,
+        "expired_tokens": None,
+    }
     with open_configured(args) as store:
         if args.dead or both:
             result["dead_sessions"] = store.sessions.cleanup_dead_sessions()
@@ -392,8 +484,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     def human() -> str:
         lines = []
         for key, value in result.items():
+            if value is None:
+                continue
             shown = value if isinstance(value, int) else len(value)
-            names = f": {', '.join(value)}" if isinstance(value, list) and value else ""
+            names = (
+                f": {', '.join(map(printable, value))}" if isinstance(value, list) and value else ""
+            )
             lines.append(f"{key.replace('_', ' ')}: {shown}{names}")
         return "\n".join(lines)
 
@@ -491,36 +587,47 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from registry.factory import open_store
+    from registry.config import StoreConfig
+    from registry.factory import open_store, store_exists
     from registry.migrate import diff_stores
 
     config = load_config(args)
     if args.against:
-        a, b = open_store(config), open_store(args.against)
+        other = StoreConfig.resolve(args.against)
+        for side in (config, other):
+            if not store_exists(side):
+                raise CommandError(f"{side.source}: no store at {side.data_dir}", EXIT_STORE)
+        a = open_store(config)
+        try:
+            b = open_store(other)
+        except BaseException:
+            a.close()
+            raise
         names = (f"{config.backend} ({config.source})", f"{b.backend} ({args.against})")
     else:
         # The two sides of a cutover: the JSON files and the database of this data directory.
         if not config.db_path.exists():
             raise CommandError(f"{config.db_path}: no database to compare; run migrate", 3)
         a = open_store(_side(config, "json"))
-        b = open_store(_side(config, "sqlite"))
+        try:
+            b = open_store(_side(config, "sqlite"))
+        except BaseException:
+            a.close()
+            raise
         names = (f"json ({config.data_dir})", f"sqlite ({config.db_path})")
     with a, b:
-        differences = diff_stores(a, b)
+        differences = diff_stores(a, b, progress=progress_reporter("verify"))
     document = {
         "a": names[0],
         "b": names[1],
-        "differences": [
-            {"kind": d.kind, "key": d.key, "field": d.field, "a": str(d.a), "b": str(d.b)}
-            for d in differences
-        ],
+        "differences": [d.to_json() for d in differences],
     }
 
     def human() -> str:
         if not differences:
             return f"no differences between {names[0]} and {names[1]}"
         lines = [f"{len(differences)} difference(s): a = {names[0]}, b = {names[1]}"]
-        lines.extend(f"  {d}" for d in differences)
+        lines.extend(f"  {printable(d)}" for d in differences)
         return "\n".join(lines)
 
     emit(args, document, human)
@@ -533,9 +640,14 @@ def _side(config: StoreConfig, backend: str) -> StoreConfig:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from registry.doctor import run_checks
+    from registry.errors import ConfigError
 
-    config = load_config(args)
-    checks = run_checks(config)
+    try:
+        config, problem = load_config(args), None
+    except ConfigError as exc:
+        # doctor is what a person runs when something is wrong: show the error, check the rest.
+        config, problem = fallback_config(args), str(exc)
+    checks = run_checks(config, config_error=problem)
     emit(
         args,
         [{"check": c.name, "status": c.status, "detail": c.detail} for c in checks],
@@ -548,9 +660,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     from registry.config import DUAL_KEYS, ENV_DATA_DIR, STORE_KEYS
+    from registry.errors import ConfigError
+    from registry.hook import config_file_of
 
-    config = load_config(args)
     rows: list[tuple[str, Any, str]] = []
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        # Shown as a row, with the defaults below it: this is the command a person reaches for
+        # when the config is broken.
+        rows.append(("error", str(exc), config_file_of(args.config, args.data_dir) or "defaults"))
+        config = fallback_config(args)
     for key in STORE_KEYS:
         if key == "dual":
             continue
@@ -581,254 +701,82 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         },
         lambda: table(("KEY", "VALUE", "SOURCE"), rows),
     )
-    return EXIT_OK
-
-
-# --------------------------------------------------------------------------- hooks
-
-
-def caller() -> tuple[int, int | None, str | None]:
-    """The hook's parent (the agent): pid, start time in epoch seconds, and its stdin's tty."""
-    ppid = os.getppid()
-    if sys.platform.startswith("linux"):
-        return ppid, _linux_start_time(ppid), _linux_tty(ppid)
-    import psutil
-
-    try:
-        parent = psutil.Process(ppid)
-        return ppid, int(parent.create_time()), parent.terminal()
-    except psutil.Error:
-        return ppid, None, None
-
-
-def _linux_start_time(pid: int) -> int | None:
-    # What psutil computes, without importing it: boot time + start ticks / clock ticks.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-        with open("/proc/stat", "rb") as handle:
-            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime"))
-        return int(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, IndexError, ValueError, StopIteration):
-        return None
-
-
-def _linux_tty(pid: int) -> str | None:
-    try:
-        target = os.readlink(f"/proc/{pid}/fd/0")
-    except OSError:
-        return None
-    return target if target.startswith(("/dev/pts/", "/dev/tty")) else None
-
-
-def _tmux_session(pane: str) -> str | None:
-    """``session:window.pane`` of a tmux pane, if a tmux server answers in time."""
-    import subprocess
-
-    try:
-        done = subprocess.run(
-            ["tmux", "display-message", "-p", "-t", pane, "#S:#I.#P"],
-            capture_output=True,
-            text=True,
-            timeout=0.5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    name = done.stdout.strip()
-    return name if done.returncode == 0 and name else None
-
-
-def transport_from_env(tty: str | None) -> tuple[str, dict[str, Any]]:
-    """Transport kind and details: nvim from ``$NVIM``, tmux from ``$TMUX``/``$TMUX_PANE``,
-    else the caller's pty, else unknown."""
-    pane = os.environ.get("TMUX_PANE")
-    in_tmux = bool(os.environ.get("TMUX") or pane)
-    details: dict[str, Any] = {}
-    if os.environ.get("NVIM"):
-        details["nvim_socket"] = os.environ["NVIM"]
-        if tty:
-            details["instance_name"] = tty
-        if in_tmux and pane:
-            details["tmux_pane_id"] = pane
-            if session := _tmux_session(pane):
-                details["tmux_session"] = session
-        return "nvim", details
-    if in_tmux:
-        if pane:
-            details["pane_id"] = pane
-            if session := _tmux_session(pane):
-                details["session_name"] = session
-        return "tmux", details
-    if tty:
-        return "pty", {"pty_path": tty}
-    return "unknown", {}
-
-
-class HookTimeout(Exception):
-    pass
-
-
-def read_hook_input() -> dict[str, Any]:
-    raw = sys.stdin.read(HOOK_STDIN_LIMIT + 1)
-    if len(raw) > HOOK_STDIN_LIMIT:
-        raise ValueError("hook input is larger than 1 MiB")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise ValueError("hook input is not JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
-        raise ValueError("hook input has no session_id")
-    return data
-
-
-def run_hook(args: argparse.Namespace) -> int:
-    """Register or remove the calling session; never fails the agent (always exit 0)."""
-    import signal
-
-    def deadline(_signum: int, _frame: object) -> None:
-        raise HookTimeout(f"gave up after {HOOK_DEADLINE_S:g} s")
-
-    previous = signal.signal(signal.SIGALRM, deadline)
-    signal.setitimer(signal.ITIMER_REAL, HOOK_DEADLINE_S)
-    try:
-        data = read_hook_input()
-        config = load_config(args)
-        if config.lock_timeout_s > HOOK_LOCK_TIMEOUT_S:
-            config = config.replace(lock_timeout_s=HOOK_LOCK_TIMEOUT_S)
-        if not fast_hook(config, args.event, data, notify=args.notify):
-            from registry.factory import open_store
-
-            with open_store(config) as store:
-                apply_hook(store, args.event, data, notify=args.notify)
-    except BaseException as exc:  # anything at all: a hook must not break the agent
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"{PROG} hook {args.event}: warning: {message[:300]}", file=sys.stderr)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    return EXIT_OK
-
-
-def hook_session(data: dict[str, Any], notify: bool | None) -> dict[str, Any]:
-    """What a hook registers about its caller, validated (transport as kind and details)."""
-    from registry.validation import check_details, check_kind, check_text
-
-    ppid, start_time, tty = caller()
-    given = data.get("cwd")
-    cwd = check_text("cwd", given if isinstance(given, str) and given else os.getcwd())
-    assert cwd is not None
-    kind, details = transport_from_env(tty)
-    return {
-        "ppid": ppid,
-        # The hook process itself, as the legacy hooks recorded it ($$ of the hook script).
-        "pid": os.getpid(),
-        "start_time": start_time,
-        "cwd": cwd,
-        "label": check_text("label", os.path.basename(cwd.rstrip("/")) or cwd),
-        "notify": notify,
-        "transport": (check_kind(kind), check_details(details)),
-        "state": "running",
-    }
-
-
-def apply_hook(store: Store, event: str, data: dict[str, Any], *, notify: bool | None) -> None:
-    """The hook through the store: any backend, and the first start of a new database."""
-    from registry.models import Transport
-
-    session_id = data["session_id"]
-    if event == "session-end":
-        store.sessions.remove(session_id)
-        return
-    if event == "heartbeat" and store.sessions.get(session_id) is not None:
-        store.sessions.touch(session_id)
-        return
-    values = hook_session(data, notify)
-    kind, details = values.pop("transport")
-    store.sessions.register(session_id, **values, transport=Transport(kind=kind, details=details))
-
-
-def fast_hook(
-    config: StoreConfig, event: str, data: dict[str, Any], *, notify: bool | None
-) -> bool:
-    """The hook on an existing sqlite database, without importing the models (and attrs).
-
-    It runs the statements ``SqliteStore.register``, ``touch`` and ``remove`` run
-    (:mod:`registry.backends.sqlite_sql`), after the same validation. Returns False, having
-    done nothing, where it does not apply: another backend, no database yet (the first start
-    imports the legacy files), or a schema version this code must upgrade or refuse.
-    """
-    if config.backend != "sqlite" or not config.db_path.is_file():
-        return False
-    import time
-    from datetime import timedelta
-
-    from registry.backends import sqlite_sql as sql
-    from registry.validation import check_key, check_notify
-
-    session_id = check_key("session_id", data["session_id"])
-    path = config.db_path
-    with sql.translated(path):
-        conn = sql.connect(path, config.lock_timeout_s)
-    try:
-        with sql.translated(path):
-            if sql.schema_version(conn) != sql.SCHEMA_VERSION:
-                return False
-        now = time.time_ns() // 1_000_000
-        expires_at = now + config.session_ttl // timedelta(milliseconds=1)
-        if event == "session-end":
-            with sql.transaction(conn, path):
-                sql.remove_row(conn, session_id)
-            return True
-        if event == "heartbeat":
-            with sql.transaction(conn, path):
-                if sql.touch_row(conn, session_id, now, expires_at) is not None:
-                    return True
-        values = hook_session(data, notify)
-        kind, details = values.pop("transport")
-        if values["notify"] is not None:
-            values["notify"] = int(check_notify(values["notify"]))
-        with sql.transaction(conn, path):
-            sql.register_row(
-                conn,
-                session_id=session_id,
-                **values,
-                transport_kind=kind,
-                transport_details=json.dumps(details, separators=(",", ":")),
-                now=now,
-                expires_at=expires_at,
-            )
-        return True
-    finally:
-        conn.close()
+    return EXIT_NOT_FOUND if rows[0][0] == "error" else EXIT_OK
 
 
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Session registry and token store of the CCR daemon."
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ccr-registry")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        """argparse with "did you mean ...?" for a mistyped choice, and JSON errors."""
+
+        def _check_value(self, action: argparse.Action, value: Any) -> None:
+            choices = action.choices
+            if choices is not None and value not in choices:
+                import difflib
+
+                names = [str(c) for c in choices]
+                close = difflib.get_close_matches(str(value), names, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(names)}"
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r} ({hint})")
+            super()._check_value(action, value)
+
+        def error(self, message: str) -> Any:
+            if json_errors:
+                print(json.dumps({"error": message, "code": EXIT_USAGE}))
+            if sys.stderr is not None:
+                self.print_usage(sys.stderr)
+            to_stderr(f"{self.prog}: error: {message}")
+            raise SystemExit(EXIT_USAGE)
+
+    parser = Parser(
+        prog=PROG,
+        description="Session registry and token store of the CCR daemon.",
+        epilog="Exit codes: 0 ok, 1 not found or differences, 2 usage, 3 store error.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--config", metavar="PATH", help="a TOML file with a [store] table")
     parser.add_argument("--data-dir", metavar="DIR", help="the data directory (as $CCR_DATA_DIR)")
     parser.add_argument(
         "--backend", choices=("json", "sqlite", "dual"), help="override the configured backend"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    json_help = 'print one JSON document (errors too: {"error": ..., "code": ...})'
+    parser.add_argument("--json", action="store_true", help=json_help)
+    output = Parser(add_help=False)
+    output.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    hook = commands.add_parser("hook", help="Claude Code hooks: read the hook JSON on stdin")
-    hook.add_argument("event", choices=("session-start", "session-end", "heartbeat"))
+    hook = commands.add_parser(
+        "hook",
+        help="Claude Code hooks: read the hook JSON on stdin (always exit 0, nothing on stdout)",
+        description="Register or remove the calling agent's session. Always exits 0 with "
+        "nothing on stdout; a problem is one warning line on stderr. See docs/hooks.md.",
+    )
+    hook.add_argument(
+        "event",
+        choices=("session-start", "session-end", "heartbeat"),
+        metavar="EVENT",
+        help="session-start: register the session (again); heartbeat: touch it, or register "
+        "it if unknown; session-end: remove it and its tokens",
+    )
     hook.add_argument(
         "--notify",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="mark the session for Telegram notifications (session-start, heartbeat)",
     )
-    hook.set_defaults(func=run_hook)
 
     sessions = commands.add_parser("sessions", help="list, show and edit sessions")
     sub = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -837,53 +785,84 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--notify", action="store_true", help="notify sessions only")
     listing.set_defaults(func=cmd_sessions_list)
     show = sub.add_parser("show", parents=[output], help="show one session")
-    show.add_argument("session_id")
+    show.add_argument("session_id", help="the session id")
     show.set_defaults(func=cmd_sessions_show)
     for name, func, text in (
         ("register", cmd_sessions_register, "insert or update a session"),
         ("update", cmd_sessions_update, "change fields of a session"),
     ):
         edit = sub.add_parser(name, parents=[output], help=text)
-        edit.add_argument("session_id")
-        edit.add_argument("--ppid", type=int)
-        edit.add_argument("--pid", type=int)
-        edit.add_argument("--start-time", type=int, dest="start_time")
-        edit.add_argument("--cwd")
-        edit.add_argument("--label")
-        edit.add_argument("--notify", action=argparse.BooleanOptionalAction, default=None)
-        edit.add_argument("--state", choices=("running", "stopped"))
-        edit.add_argument("--transport", choices=("nvim", "tmux", "pty", "unknown"))
-        edit.add_argument("--detail", type=detail, action="append", default=[], metavar="KEY=VALUE")
+        edit.add_argument("session_id", help="the session id")
+        edit.add_argument("--ppid", type=int, help="pid of the agent process")
+        edit.add_argument("--pid", type=int, help="pid of the process that registered it")
+        edit.add_argument(
+            "--start-time",
+            type=int,
+            dest="start_time",
+            metavar="EPOCH_S",
+            help="start time of the --ppid process, in epoch seconds (tells a reused pid apart)",
+        )
+        edit.add_argument("--cwd", help="the agent's working directory")
+        edit.add_argument("--label", help="a short name to show (default: none)")
+        edit.add_argument(
+            "--notify",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="send Telegram notifications for this session",
+        )
+        edit.add_argument("--state", choices=("running", "stopped"), help="the session's state")
+        edit.add_argument(
+            "--transport",
+            choices=("nvim", "tmux", "pty", "unknown"),
+            help="how to reach the agent's terminal",
+        )
+        edit.add_argument(
+            "--detail",
+            type=detail,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a transport detail (repeatable); VALUE is JSON or a bare string",
+        )
         if name == "update":
             edit.add_argument(
                 "--clear",
                 action="append",
                 default=[],
                 choices=("ppid", "pid", "start_time", "cwd", "label"),
-                help="set a field to none",
+                help="set a field to none (repeatable)",
             )
         edit.set_defaults(func=func)
     remove = sub.add_parser("remove", parents=[output], help="remove a session and its tokens")
-    remove.add_argument("session_id")
+    remove.add_argument("session_id", help="the session id")
     remove.set_defaults(func=cmd_sessions_remove)
 
     tokens = commands.add_parser("tokens", help="mint, validate, revoke and list tokens")
     sub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mint = sub.add_parser("mint", parents=[output], help="mint a token (prints its value)")
-    mint.add_argument("session_id")
-    mint.add_argument("chat_id", type=chat_id)
-    mint.add_argument("--ttl", type=duration, help="lifetime: 90s, 30m, 24h, 7d")
-    mint.add_argument("--scope", action="append", default=[])
+    mint = sub.add_parser(
+        "mint",
+        parents=[output],
+        help="mint a token: its value alone on stdout, the details on stderr",
+    )
+    mint.add_argument("session_id", help="the session the token acts for")
+    mint.add_argument("chat_id", type=chat_id, help="the Telegram chat id allowed to use it")
+    mint.add_argument("--ttl", type=duration, help="lifetime: 90s, 30m, 24h, 7d (default: config)")
+    mint.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="a permission of the token (repeatable; default: send_cmd)",
+    )
     mint.set_defaults(func=cmd_tokens_mint)
     validate = sub.add_parser("validate", parents=[output], help="check a token for a chat")
     validate.add_argument("token", help=TOKEN_HELP)
-    validate.add_argument("chat_id", type=chat_id)
+    validate.add_argument("chat_id", type=chat_id, help="the chat that presents the token")
     validate.set_defaults(func=cmd_tokens_validate)
     revoke = sub.add_parser("revoke", parents=[output], help="delete a token")
     revoke.add_argument("token", help=TOKEN_HELP)
     revoke.set_defaults(func=cmd_tokens_revoke)
     tlist = sub.add_parser("list", parents=[output], help="tokens of a session (values hidden)")
-    tlist.add_argument("session_id")
+    tlist.add_argument("session_id", help="the session id")
     tlist.add_argument("--show-tokens", action="store_true", help="print the values too")
     tlist.set_defaults(func=cmd_tokens_list)
 
@@ -900,7 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(func=cmd_migrate)
     export = commands.add_parser("export", parents=[output], help="write the legacy JSON files")
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
     export.set_defaults(func=cmd_export)
     verify = commands.add_parser("verify", parents=[output], help="diff the cutover's two sides")
     verify.add_argument("--against", metavar="CONFIG", help="diff against another config file")
@@ -915,10 +894,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    from registry.hook import is_hook_invocation
+
+    if is_hook_invocation(arguments, (*COMMANDS, *COMMANDS_MORE)):
+        from registry.hook import main as hook_main
+
+        return hook_main(arguments)
+    try:
+        code = run_command(arguments)
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): end quietly. Python's own recipe: point stdout at
+        # /dev/null so that the flush at exit cannot raise again, and exit 1 as Python does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+    return code
+
+
+def run_command(arguments: list[str]) -> int:
+    args = build_parser(json_errors="--json" in arguments).parse_args(arguments)
+    if args.command == "hook":  # only reached with --help, which exits above
+        from registry.hook import main as hook_main
+
+        return hook_main(arguments)
     func: Callable[[argparse.Namespace], int] = args.func
-    if func is run_hook:
-        return run_hook(args)
     from registry.errors import (
         ConfigError,
         RegistryError,
@@ -930,17 +933,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except CommandError as exc:
-        return fail(str(exc), exc.code)
+        return fail(args, str(exc), exc.code)
     except (SessionNotFound, TokenInvalid) as exc:
-        return fail(str(exc), EXIT_NOT_FOUND)
+        return fail(args, str(exc), EXIT_NOT_FOUND)
     except (ValidationError, ConfigError) as exc:
-        return fail(str(exc), EXIT_USAGE)
+        return fail(args, str(exc), EXIT_USAGE)
     except RegistryError as exc:
-        return fail(str(exc), EXIT_STORE)
+        return fail(args, str(exc), EXIT_STORE)
     except KeyboardInterrupt:
-        return fail("interrupted", 130)
+        return fail(args, "interrupted", 130)
 
 
-def fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+def fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """The error: one line on stderr, and with ``--json`` also a JSON object on stdout."""
+    text = " ".join(message.split())
+    if args.json:
+        print(json.dumps({"error": text, "code": code}, ensure_ascii=False))
+    to_stderr(f"{PROG}: error: {printable(text)}")
     return code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -28,9 +29,17 @@ class Check:
     detail: str
 
 
-def run_checks(config: StoreConfig) -> list[Check]:
-    """Every check, in order. Nothing is written; the lock checks take and release each lock."""
-    checks = [Check("config", "info", f"backend {config.backend} from {config.source}")]
+def run_checks(config: StoreConfig, *, config_error: str | None = None) -> list[Check]:
+    """Every check, in order. Nothing is written; the lock checks take and release each lock.
+
+    ``config_error``: the config file could not be used (``config`` is then the defaults); it is
+    the first row, failed. A check that raises (a garbage or truncated database, a file that
+    vanished meanwhile) becomes a failed row naming the error: doctor reports, it never crashes.
+    """
+    if config_error is not None:
+        checks = [Check("config", "fail", config_error)]
+    else:
+        checks = [Check("config", "info", f"backend {config.backend} from {config.source}")]
     data_dir = config.data_dir
     if not data_dir.exists():
         checks.append(Check("data dir", "warn", f"{data_dir} does not exist yet"))
@@ -38,11 +47,19 @@ def run_checks(config: StoreConfig) -> list[Check]:
     if not data_dir.is_dir():
         checks.append(Check("data dir", "fail", f"{data_dir} is not a directory"))
         return checks
-    checks.append(_mode_check("data dir", data_dir, 0o700))
-    checks.append(_filesystem_check(data_dir))
-    checks.extend(_legacy_checks(data_dir))
-    checks.extend(_database_checks(config.db_path))
-    checks.append(_json_lock_check(data_dir))
+    steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
+        ("data dir", lambda: _mode_check("data dir", data_dir, 0o700)),
+        ("filesystem", lambda: _filesystem_check(data_dir)),
+        ("legacy files", lambda: _legacy_checks(data_dir)),
+        ("database", lambda: _database_checks(config.db_path)),
+        ("json lock", lambda: _json_lock_check(data_dir)),
+    ]
+    for name, step in steps:
+        try:
+            found = step()
+        except Exception as exc:  # a report, not a crash (see the docstring)
+            found = Check(name, "fail", f"{type(exc).__name__}: {exc}")
+        checks.extend(found if isinstance(found, list) else [found])
     return checks
 
 
@@ -111,8 +128,11 @@ def _database_checks(db_path: Path) -> list[Check]:
         side = db_path.with_name(db_path.name + suffix)
         if side.exists():
             checks.append(_mode_check(f"database{suffix} mode", side, 0o600))
+    # as_uri() percent-encodes the path: a "#" or "?" in a directory name (data#1) would
+    # otherwise end the path, and SQLite would open (and create) another file.
+    uri = db_path.absolute().as_uri() + "?mode=ro"
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2)
+        conn = sqlite3.connect(uri, uri=True, timeout=2)
     except sqlite3.Error as exc:
         return [*checks, Check("database", "fail", f"cannot open: {exc}")]
     try:
@@ -181,12 +201,18 @@ def _records_check(conn: sqlite3.Connection) -> Check:
 
 
 def _database_lock_check(db_path: Path) -> Check:
-    conn = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    # mode=rw: never create the file (it may have been removed since the first check).
+    conn = sqlite3.connect(db_path.absolute().as_uri() + "?mode=rw", uri=True, timeout=0)
+    conn.isolation_level = None
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
     except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            return Check("database lock", "fail", f"cannot take the write lock: {exc}")
         return Check("database lock", "warn", f"a writer holds the database now ({exc})")
+    except sqlite3.DatabaseError as exc:
+        return Check("database lock", "fail", f"not a database: {exc}")
     finally:
         conn.close()
     return Check("database lock", "ok", "free")

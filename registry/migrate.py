@@ -113,7 +113,33 @@ class Difference:
         where = f"{self.kind} {self.key}"
         if self.field is None:
             return f"{where}: {self.a} in a, {self.b} in b"
-        return f"{where}: {self.field} differs: {self.a!r} != {self.b!r}"
+        a, b = (json.dumps(_plain(v), ensure_ascii=False) for v in (self.a, self.b))
+        return f"{where}: {self.field} differs: a {a}, b {b}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The difference as JSON values: timestamps ISO-8601 UTC with ``Z``, as elsewhere."""
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "field": self.field,
+            "a": _plain(self.a),
+            "b": _plain(self.b),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """A field value as the CLI's JSON shows it (the shapes of ``session_to_json``)."""
+    from registry.models import FrozenMap, Transport, iso
+
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Transport):
+        return {"kind": value.kind, "details": value.details.to_dict()}
+    if isinstance(value, FrozenMap):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _utcnow() -> datetime:
@@ -667,42 +693,113 @@ def export_json(
 # --------------------------------------------------------------------------- diff
 
 
-def _all_tokens(store: Store, session_ids: Iterable[str]) -> dict[str, Token]:
-    return {t.token: t for sid in session_ids for t in store.tokens.tokens_for_session(sid)}
+def _all_tokens(store: Store, sessions: Iterable[Session]) -> list[Token]:
+    return [t for s in sessions for t in store.tokens.tokens_for_session(s.session_id)]
 
 
-def diff_stores(a: Store, b: Store) -> list[Difference]:
+def _records(store: Store) -> tuple[list[Session], list[Token]]:
+    """Every session and token of a store, read as one consistent unit.
+
+    A store with ``snapshot()`` (the sqlite backend: two SELECTs in one read transaction) reads
+    everything at once; any other store lists its sessions and each one's tokens inside one
+    ``atomic()`` unit, so the files are locked and read once, not once per session.
+    """
+    snapshot = getattr(store, "snapshot", None)
+    if callable(snapshot):
+        sessions, tokens = snapshot()
+        return list(sessions), list(tokens)
+    with store.atomic():
+        sessions = store.sessions.list_sessions()
+        return sessions, _all_tokens(store, sessions)
+
+
+def diff_stores(
+    a: Store, b: Store, *, progress: Callable[[int, int], None] | None = None
+) -> list[Difference]:
     """Every session and token that differs between two stores, field by field.
 
     Empty when both hold the same records. Sessions come first, by id, then tokens by hash.
+    Each side is read once and sorted by key, and the two ordered streams are walked side by
+    side; a record is compared field by field only when the two are not equal. ``progress``
+    is called with ``(records compared, records in all)``.
     :raises RegistryError: if either store cannot be read.
     """
-    sessions_a = {s.session_id: s for s in a.sessions.list_sessions()}
-    sessions_b = {s.session_id: s for s in b.sessions.list_sessions()}
-    found = list(_diff_records("session", sessions_a, sessions_b, str))
-    tokens_a = _all_tokens(a, sessions_a)
-    tokens_b = _all_tokens(b, sessions_b)
-    found.extend(_diff_records("token", tokens_a, tokens_b, token_hint))
+    sessions_a, tokens_a = _records(a)
+    sessions_b, tokens_b = _records(b)
+    counter = _Progress(progress, len(sessions_a) + len(sessions_b) + len(tokens_a) + len(tokens_b))
+    found = list(
+        _diff_records(
+            "session",
+            sorted(((s.session_id, s) for s in sessions_a), key=_first),
+            sorted(((s.session_id, s) for s in sessions_b), key=_first),
+            counter,
+        )
+    )
+    found.extend(
+        _diff_records(
+            "token",
+            sorted(((token_hint(t.token), t) for t in tokens_a), key=_first),
+            sorted(((token_hint(t.token), t) for t in tokens_b), key=_first),
+            counter,
+        )
+    )
+    counter.finish()
     return found
 
 
+def _first(pair: tuple[str, Any]) -> str:
+    return pair[0]
+
+
+class _Progress:
+    """Calls ``progress`` every 1,000 records (and at the end), not once per record."""
+
+    __slots__ = ("callback", "done", "total")
+
+    def __init__(self, callback: Callable[[int, int], None] | None, total: int) -> None:
+        self.callback, self.done, self.total = callback, 0, total
+
+    def add(self, count: int) -> None:
+        before = self.done
+        self.done += count
+        if self.callback is not None and self.done // 1000 != before // 1000:
+            self.callback(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self.callback(self.total, self.total)
+
+
 def _diff_records(
-    kind: str, a: dict[str, Any], b: dict[str, Any], show: Any
+    kind: str,
+    a: list[tuple[str, Any]],
+    b: list[tuple[str, Any]],
+    counter: _Progress,
 ) -> Iterable[Difference]:
-    for key in sorted(set(a) | set(b), key=show):
-        left, right = a.get(key), b.get(key)
-        if left is None or right is None:
-            yield Difference(
-                kind=kind,
-                key=show(key),
-                field=None,
-                a="missing" if left is None else "present",
-                b="missing" if right is None else "present",
-            )
+    """Merge two lists of ``(key, record)`` sorted by key; yield how they differ."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        key_a = a[i][0] if i < len(a) else None
+        key_b = b[j][0] if j < len(b) else None
+        if key_b is None or (key_a is not None and key_a < key_b):
+            yield Difference(kind=kind, key=a[i][0], field=None, a="present", b="missing")
+            i += 1
+            counter.add(1)
+            continue
+        if key_a is None or key_b < key_a:
+            yield Difference(kind=kind, key=b[j][0], field=None, a="missing", b="present")
+            j += 1
+            counter.add(1)
+            continue
+        left, right = a[i][1], b[j][1]
+        i += 1
+        j += 1
+        counter.add(2)
+        if left == right:
             continue
         for name in differing_fields(left, right):
             if name == "token":
                 continue  # same key, so the same value
             yield Difference(
-                kind=kind, key=show(key), field=name, a=getattr(left, name), b=getattr(right, name)
+                kind=kind, key=key_a, field=name, a=getattr(left, name), b=getattr(right, name)
             )

@@ -34,8 +34,10 @@ from registry.models import (
     differing_fields,
     parse_json_object,
     session_from_legacy,
+    shown_legacy_key,
     token_from_legacy,
     token_hint,
+    token_hint_legacy,
     unwrap_sessions_document,
 )
 from registry.paths import FILE_MODE, ensure_private_dir, fsync_dir
@@ -252,7 +254,9 @@ def read_legacy(
         try:
             sessions[key] = session_from_legacy(key, raw, session_ttl=session_ttl)
         except ValidationError as exc:
-            skipped.append(SkippedRecord(kind="session", key=_shown_key(key), reason=str(exc)))
+            skipped.append(
+                SkippedRecord(kind="session", key=shown_legacy_key(key), reason=str(exc))
+            )
         done += 1
         if progress is not None and done % _PROGRESS_STEP == 0:
             progress(done, total)
@@ -264,23 +268,14 @@ def read_legacy(
         try:
             token = token_from_legacy(key, raw, token_ttl=token_ttl)
         except ValidationError as exc:
-            skipped.append(SkippedRecord(kind="token", key=token_hint(key), reason=str(exc)))
+            skipped.append(SkippedRecord(kind="token", key=token_hint_legacy(key), reason=str(exc)))
             continue
         if token.session_id not in sessions:
-            reason = f"its session {_shown_key(token.session_id)!r} is missing"
-            skipped.append(SkippedRecord(kind="token", key=token_hint(key), reason=reason))
+            reason = f"its session {shown_legacy_key(token.session_id)!r} is missing"
+            skipped.append(SkippedRecord(kind="token", key=token_hint_legacy(key), reason=reason))
             continue
         tokens.append(token)
     return list(sessions.values()), tokens, skipped, sources
-
-
-def _shown_key(key: str) -> str:
-    # A key that is not valid Unicode could not be stored in the report (JSON in SQLite).
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return key.encode("utf-8", "backslashreplace").decode("utf-8")
-    return key
 
 
 # --------------------------------------------------------------------------- import

@@ -433,6 +433,20 @@ def _json_type(value: object) -> str:
     return names.get(type(value), "a scalar")
 
 
+def shown_legacy_key(key: str) -> str:
+    """A record's key as reports and logs show it: text that is not valid Unicode escaped."""
+    if key.isascii():
+        return key
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def token_hint_legacy(key: str) -> str:
+    """:func:`token_hint` of a token key read from a legacy file, valid Unicode or not."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 def _legacy_unicode(name: str, value: str) -> str:
     # JSON's "\udcff" escape decodes to a lone surrogate: a str that UTF-8 cannot encode, so
     # neither SQLite nor our own rewrite of the file could store it (issue 10).

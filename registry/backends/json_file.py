@@ -45,8 +45,9 @@ from registry.models import (
     parse_json_object,
     session_from_legacy,
     session_to_legacy,
+    shown_legacy_key,
     token_from_legacy,
-    token_hint,
+    token_hint_legacy,
     token_to_legacy,
     unwrap_sessions_document,
 )
@@ -536,17 +537,22 @@ class JsonStore(BaseStore):
     def replace_contents(self, sessions: list[Session], tokens: list[Token]) -> None:
         """Make both files show exactly these records, as one all-or-nothing unit (the export).
 
-        Records that cannot be understood stay (they are never shown, so they cannot disagree
-        with the export); every readable record is replaced, orphan tokens included: the
-        export's source is authoritative for what can be read.
+        What the files hold that no read shows stays: records that cannot be understood, and
+        orphan tokens unless the export brings their session back (they would then show up,
+        though the export's source, which is authoritative, does not hold them).
         """
         with self._writing(savepoint=False):
             # Both files are written even when unchanged: an export must leave both behind.
             state = self._state()
             state.sessions = {s.session_id: s for s in sessions}
             state.tokens = {t.token: t for t in tokens}
-            for name in (SESSIONS_FILE, TOKENS_FILE):
-                state.hidden[name] = set(self._unreadable[name])
+            state.hidden[SESSIONS_FILE] -= state.sessions.keys()
+            state.hidden[TOKENS_FILE] = {
+                key
+                for key in state.hidden[TOKENS_FILE] - state.tokens.keys()
+                if key in self._unreadable[TOKENS_FILE]
+                or state.raw[TOKENS_FILE][key].model.session_id not in state.sessions
+            }
             state.sessions_changed = state.tokens_changed = True
 
     @property
@@ -561,10 +567,11 @@ class JsonStore(BaseStore):
         """
         with self._reading():
             found = [
-                (SESSIONS_FILE, key, why) for key, why in self._unreadable[SESSIONS_FILE].items()
+                (SESSIONS_FILE, shown_legacy_key(key), why)
+                for key, why in self._unreadable[SESSIONS_FILE].items()
             ]
             found.extend(
-                (TOKENS_FILE, token_hint(key), why)
+                (TOKENS_FILE, token_hint_legacy(key), why)
                 for key, why in self._unreadable[TOKENS_FILE].items()
             )
         return found

@@ -593,14 +593,16 @@ FORK_ENDS_UNIT = textwrap.dedent(
         with store.atomic():
             store.sessions.register("parent")
             pid = os.fork()
+            if pid != 0:
+                # The parent keeps its unit open until the child is done with it.
+                _, status = os.waitpid(pid, 0)
+                print("child exit", os.waitstatus_to_exitcode(status))
     except RegistryError as exc:
         assert pid == 0
         print("refused:", exc, flush=True)
         os._exit(7)
     if pid == 0:
         os._exit(0)  # the unit ended in the child without a refusal
-    _, status = os.waitpid(pid, 0)
-    print("child exit", os.waitstatus_to_exitcode(status))
     """
 )
 

@@ -9,42 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from tests.cli.conftest import SCRIPT, Run
 from tests.conftest import LEGACY_SAMPLES
-
-SCRIPT = Path(sys.executable).parent / "ccr-registry"
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CCR_", "TMUX", "NVIM"))}
-    clean["HOME"] = str(tmp_path / "home")
-    clean["CCR_DATA_DIR"] = str(tmp_path / "data")
-    clean["TMUX_TMPDIR"] = str(tmp_path / "no-tmux-server")
-    return clean
-
-
-@pytest.fixture
-def run(env: dict[str, str]) -> Run:
-    def _run(*args: str, stdin: str = "", extra_env: dict[str, str] | None = None) -> Any:
-        return subprocess.run(
-            [str(SCRIPT), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env={**env, **(extra_env or {})},
-            timeout=60,
-        )
-
-    return _run
 
 
 def hook_input(session_id: str, cwd: str = "/home/dev/projects/pigeon") -> str:

@@ -239,6 +239,70 @@ def recover_journal(data_dir: Path) -> None:
     fsync_dir(data_dir)
 
 
+def parse_file(
+    path: Path, raw: bytes, *, session_ttl: timedelta, token_ttl: timedelta
+) -> _Document:
+    """Every record of one of the two files, readable or not.
+
+    :raises StoreCorrupted: only for a file that is not a JSON object at all.
+    """
+    try:
+        document = parse_json_object(raw)
+        records = document
+        if path.name == SESSIONS_FILE:
+            records = unwrap_sessions_document(document)
+    except ValidationError as exc:
+        raise StoreCorrupted(f"{path}: cannot be read: {exc}") from exc
+    # The plan's wrapper shape is rewritten in the legacy daemon's flat shape, each record
+    # converted (the wrapper itself cannot be kept); otherwise records keep their values.
+    convert = records is not document
+    entries: dict[str, _Raw] = {}
+    parsed: dict[str, Any] = {}
+    unreadable: dict[str, str] = {}
+    for key, value in records.items():
+        try:
+            if path.name == SESSIONS_FILE:
+                model: Any = session_from_legacy(key, value, session_ttl=session_ttl)
+            else:
+                model = token_from_legacy(key, value, token_ttl=token_ttl)
+        except ValidationError as exc:
+            unreadable[key] = str(exc)
+            entries[key] = _Raw(key, value, None)
+            continue
+        parsed[key] = model
+        if not convert:
+            entries[key] = _Raw(key, value, model)
+    return _Document(entries, parsed, unreadable)
+
+
+def inspect_files(data_dir: Path) -> dict[str, int]:
+    """What ``doctor`` shows of the two files: ``unreadable`` records and ``orphan_tokens``.
+
+    Read without the lock and without creating anything (a moment's view is enough for
+    counts). Absent files count as empty.
+    :raises StoreCorrupted: for a file that is not a JSON object at all.
+    :raises RegistryError: for a file that cannot be read.
+    """
+    ttl = timedelta(hours=24)
+    documents: dict[str, _Document] = {}
+    for name in (SESSIONS_FILE, TOKENS_FILE):
+        path = Path(data_dir) / name
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            documents[name] = _Document({}, {}, {})
+            continue
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        documents[name] = parse_file(path, raw, session_ttl=ttl, token_ttl=ttl)
+    sessions = documents[SESSIONS_FILE].records
+    tokens = documents[TOKENS_FILE].records
+    return {
+        "unreadable": sum(len(d.unreadable) for d in documents.values()),
+        "orphan_tokens": sum(1 for t in tokens.values() if t.session_id not in sessions),
+    }
+
+
 class JsonStore(BaseStore):
     """Sessions and tokens in the legacy JSON files; see the module docstring."""
 
@@ -400,33 +464,7 @@ class JsonStore(BaseStore):
 
     def _parse_document(self, path: Path, raw: bytes) -> _Document:
         """Every record of one file; only a file that is not a JSON object is refused."""
-        try:
-            document = parse_json_object(raw)
-            records = document
-            if path.name == SESSIONS_FILE:
-                records = unwrap_sessions_document(document)
-        except ValidationError as exc:
-            raise StoreCorrupted(f"{path}: cannot be read: {exc}") from exc
-        # The plan's wrapper shape is rewritten in the legacy daemon's flat shape, each record
-        # converted (the wrapper itself cannot be kept); otherwise records keep their values.
-        convert = records is not document
-        entries: dict[str, _Raw] = {}
-        parsed: dict[str, Any] = {}
-        unreadable: dict[str, str] = {}
-        for key, value in records.items():
-            try:
-                if path.name == SESSIONS_FILE:
-                    model: Any = session_from_legacy(key, value, session_ttl=self._session_ttl)
-                else:
-                    model = token_from_legacy(key, value, token_ttl=self._token_ttl)
-            except ValidationError as exc:
-                unreadable[key] = str(exc)
-                entries[key] = _Raw(key, value, None)
-                continue
-            parsed[key] = model
-            if not convert:
-                entries[key] = _Raw(key, value, model)
-        return _Document(entries, parsed, unreadable)
+        return parse_file(path, raw, session_ttl=self._session_ttl, token_ttl=self._token_ttl)
 
     def _commit(self, state: _State) -> None:
         """Write the files ``state`` changed (the lock is held)."""

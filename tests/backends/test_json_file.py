@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from registry import Store, StoreCorrupted, TokenNotFound, Transport, open_store
-from registry.backends.json_file import JOURNAL_FILE, TEMP_PREFIX, JsonStore
+from registry.backends.json_file import JOURNAL_FILE, TEMP_PREFIX, JsonStore, inspect_files
 from tests.conftest import LEGACY_SAMPLES, FakeClock, data_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -664,3 +664,12 @@ def test_a_tampered_journal_is_refused_before_anything_is_renamed(
     with pytest.raises(StoreCorrupted, match="journal"):
         open_json(tmp_path, clock)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_doctor_can_count_what_no_read_shows_without_creating_anything(tmp_path: Path) -> None:
+    copy_sample("daemon", tmp_path)
+    (tmp_path / "README.md").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert inspect_files(tmp_path) == {"unreadable": 3, "orphan_tokens": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no lock file, nothing
+    assert inspect_files(tmp_path / "absent") == {"unreadable": 0, "orphan_tokens": 0}

@@ -46,6 +46,9 @@ LEGACY_SAMPLES = Path(__file__).resolve().parent / "data" / "legacy"
 # backend meets them. Text that is not valid Unicode: lone surrogates, which os.environ,
 # os.fsdecode and sys.argv make of bytes that are not UTF-8 (a TMUX_PANE, a path).
 INVALID_UNICODE = ["\udcff", "pane-\udcff", "\ud800", "emoji \U0001f99c and \udfff"]
+# Valid text that is easy to get wrong: a NUL, a terminal escape sequence, Unicode line
+# separators, a byte-order mark, the last code point, a C1 control; stored and read back exactly.
+ODD_TEXT = ["a\x00b", "\x1b]0;title\x07", "\u2028\u2029", "\ufeffbom", "\U0010ffff", "\x85next"]
 # Integers no signed 64-bit column can hold.
 BEYOND_INT64 = [2**63, 2**64, -(2**63) - 1, 10**30]
 # Arguments of the wrong kind where an int is expected (a bool is an int to Python, not to us).

@@ -38,6 +38,7 @@ from tests.conftest import (
     LEGACY_SUMMARY,
     NOT_INTS,
     NOT_STRINGS,
+    ODD_TEXT,
     OpenStore,
     data_files,
 )
@@ -228,6 +229,18 @@ def test_a_string_no_record_can_hold_is_not_found(store: Store, data_dir: Path, 
         store.tokens.validate_token(key, 1)
     assert store.tokens.revoke_token(key) is False
     assert data_files(data_dir) == files_before
+
+
+@pytest.mark.parametrize("text", ODD_TEXT, ids=range(len(ODD_TEXT)))
+def test_odd_but_valid_text_is_kept_exactly(open_: OpenStore, text: str) -> None:
+    store = open_()
+    transport = Transport(kind="tmux", details={"pane_id": text})
+    session = store.sessions.register("s1", cwd=text, label=text, transport=transport)
+    token = store.tokens.mint_token("s1", 1, context={text: [text, {"k": text}]})
+    store.close()
+    reopened = open_()
+    assert reopened.sessions.get("s1") == session
+    assert reopened.tokens.validate_token(token.token, 1) == token
 
 
 def test_a_legacy_sized_summary_is_accepted_and_survives_reopen(open_: OpenStore) -> None:

@@ -38,7 +38,7 @@ from registry import (
     ValidationError,
     open_store,
 )
-from tests.conftest import BACKENDS, BEYOND_INT64, INVALID_UNICODE, FakeClock
+from tests.conftest import BACKENDS, BEYOND_INT64, INVALID_UNICODE, ODD_TEXT, FakeClock
 
 SESSION_TTL = timedelta(hours=2)
 TOKEN_TTL = timedelta(hours=1)
@@ -64,8 +64,8 @@ valid_field_values = {
     "ppid": st.none() | ppids,
     "pid": st.none() | st.integers(1, 2**40),
     "start_time": st.none() | st.integers(0, 2**33),
-    "cwd": st.none() | st.text(max_size=8),
-    "label": st.none() | st.text(max_size=8),
+    "cwd": st.none() | st.text(max_size=8) | st.sampled_from(ODD_TEXT),
+    "label": st.none() | st.text(max_size=8) | st.sampled_from(ODD_TEXT),
     "notify": st.none() | st.booleans(),
     "transport": st.none() | transports,
     "state": st.none() | st.sampled_from(["running", "stopped"]),

@@ -533,6 +533,7 @@ class JsonStore(BaseStore):
                 yield
             except BaseException:
                 unit.sessions, unit.tokens = saved.sessions, saved.tokens
+                unit.hidden = saved.hidden
                 unit.sessions_changed = saved.sessions_changed
                 unit.tokens_changed = saved.tokens_changed
                 raise

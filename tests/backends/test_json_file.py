@@ -673,3 +673,22 @@ def test_doctor_can_count_what_no_read_shows_without_creating_anything(tmp_path:
     assert inspect_files(tmp_path) == {"unreadable": 3, "orphan_tokens": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no lock file, nothing
     assert inspect_files(tmp_path / "absent") == {"unreadable": 0, "orphan_tokens": 0}
+
+
+def test_a_rolled_back_savepoint_gives_back_the_record_it_wrote_over(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    (tmp_path / "claude-sessions.json").write_text(
+        json.dumps(
+            {"kept": {"session_id": "kept", "cwd": "/no/timestamp"}, "good": good_record("good")}
+        )
+    )
+    with open_json(tmp_path, clock) as store, store.atomic():
+        store.sessions.touch("good")
+        with pytest.raises(RuntimeError), store.atomic():
+            store.sessions.register("kept", label="over it")
+            raise RuntimeError("undo the inner block")
+    assert read_values(tmp_path)["claude-sessions.json"]["kept"] == {
+        "session_id": "kept",
+        "cwd": "/no/timestamp",
+    }

@@ -104,14 +104,30 @@ def _filesystem_check(data_dir: Path, mounts: Path = Path("/proc/mounts")) -> Ch
 
 
 def _legacy_checks(data_dir: Path) -> list[Check]:
+    from registry.backends.json_file import inspect_files
+    from registry.errors import RegistryError
+
     checks = []
+    present = False
     for name in ("claude-sessions.json", "claude-tokens.json"):
         path = data_dir / name
         if path.exists():
+            present = True
             checks.append(Check(name, "info", f"present, {path.stat().st_size} bytes"))
             checks.append(_mode_check(f"{name} mode", path, 0o600))
         else:
             checks.append(Check(name, "info", "absent"))
+    if present:
+        try:
+            counts = inspect_files(data_dir)
+        except RegistryError as exc:
+            checks.append(Check("legacy records", "fail", str(exc)))
+        else:
+            # Kept verbatim on every rewrite and never shown: worth knowing, not an error.
+            unreadable, orphans = counts["unreadable"], counts["orphan_tokens"]
+            status = "warn" if unreadable or orphans else "ok"
+            detail = f"{unreadable} unreadable (kept as they are), {orphans} orphan tokens (hidden)"
+            checks.append(Check("legacy records", status, detail))
     return checks
 
 

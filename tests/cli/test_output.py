@@ -438,3 +438,15 @@ def test_the_database_is_not_created_by_doctor(run: Run, tmp_path: Path) -> None
     (tmp_path / "data").mkdir()
     assert run("doctor").returncode == 0
     assert not (tmp_path / "data" / "ccr.db").exists()
+
+
+def test_doctor_counts_legacy_records_it_cannot_show(run: Run, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "claude-sessions.json").write_text('{"sessions": {"not-a-record": 5}}')
+    (data / "claude-sessions.json").chmod(0o600)
+    before = sorted(p.name for p in data.iterdir())
+    checks = {c["check"]: c for c in json.loads(run("--json", "doctor").stdout)}
+    assert checks["legacy records"]["status"] == "warn"
+    assert checks["legacy records"]["detail"].startswith("1 unreadable")
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -96,7 +96,8 @@ def _path(name: str, value: object, base_dir: Path | None) -> Path:
 
 
 def _check_keys(table: str, mapping: Mapping[str, Any], valid: tuple[str, ...]) -> None:
-    unknown = sorted(set(mapping) - set(valid))
+    # By text: a mapping given in code may have keys that are not strings, which do not sort.
+    unknown = sorted(set(mapping) - set(valid), key=str)
     if unknown:
         raise ConfigError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
@@ -266,8 +267,8 @@ class StoreConfig(_Frozen):
             values["sqlite_path"] = _path("store.sqlite_path", values["sqlite_path"], base_dir)
         explicit = set(values) - {"dual"}
         if "dual" in values and not isinstance(values["dual"], DualConfig):
-            explicit |= {f"dual.{key}" for key in values["dual"]}
             values["dual"] = DualConfig.from_mapping(values["dual"])
+            explicit |= {f"dual.{key}" for key in mapping["dual"]}
         return cls(**values, source=source, explicit=frozenset(explicit))
 
     @classmethod

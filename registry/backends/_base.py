@@ -58,6 +58,9 @@ class BaseStore(ABC):
     backend: str = ""
 
     def __init__(self, *, clock: Clock, session_ttl: timedelta, token_ttl: timedelta) -> None:
+        if not callable(clock):
+            # open_store(clock=...) reaches here first; a raw TypeError would come at first use.
+            raise ValidationError(f"clock must be callable, got {type(clock).__name__}")
         self._clock = clock
         self._session_ttl = session_ttl
         self._token_ttl = token_ttl

@@ -97,6 +97,9 @@ def test_mapping_paths_are_expanded(tmp_path: Path) -> None:
         ({"migrate_from_json": "yes"}, "true or false"),
         ({"data_dir": ""}, "path"),
         ({"data_dir": 5}, "path"),
+        ({"dual": 5}, r"\[store.dual\] must be a table"),
+        ({1: "x", "bakend": "json"}, "unknown keys 1, 'bakend' in"),
+        ({"dual": {1: "x", "strikt": True}}, r"unknown keys 1, 'strikt' in \[store.dual\]"),
     ],
 )
 def test_bad_config_is_a_config_error_naming_the_choices(

@@ -21,6 +21,7 @@ from registry import (
     TokenNotFound,
     Transport,
     ValidationError,
+    open_store,
 )
 from registry.protocols import SessionRegistry, TokenStore
 from registry.protocols import Store as StoreProtocol
@@ -210,6 +211,15 @@ def test_the_table_attacks_every_public_method_that_takes_arguments() -> None:
     assert taking_arguments - attacked == set()
     # Store's own methods (atomic, close) take no argument: nothing there to attack.
     assert "register" in taking_arguments and "validate_token" in taking_arguments
+
+
+@pytest.mark.parametrize("clock", [5, "now"], ids=["int", "str"])
+def test_open_store_refuses_a_clock_that_is_not_callable(
+    store_config: dict[str, Any], data_dir: Path, clock: Any
+) -> None:
+    with pytest.raises(ValidationError, match="clock must be callable"):
+        open_store(store_config, clock=clock)
+    assert not data_dir.exists() or data_files(data_dir) == {}
 
 
 @pytest.mark.parametrize("key", UNSTORABLE_KEYS, ids=range(len(UNSTORABLE_KEYS)))

@@ -36,8 +36,10 @@ EXIT_STORE: Final = 3
 PROG: Final = "ccr-registry"
 # URL-safe base64 may begin with "-", which argparse would read as an option.
 TOKEN_HELP: Final = 'the token value; put "--" before it if it starts with "-"'
-COMMANDS: Final = ("hook", "sessions", "tokens", "cleanup", "migrate", "export", "verify")
-COMMANDS_MORE: Final = ("doctor", "config")
+# The command words, for the early hook dispatch (the parser below defines each one).
+COMMANDS: Final = (
+    "hook", "sessions", "tokens", "cleanup", "migrate", "export", "verify", "doctor", "config"
+)  # fmt: skip
 # A --ttl beyond this is a typing mistake, not a lifetime (and 1e300 s overflows timedelta).
 MAX_TTL_S: Final = 100 * 365 * 86400
 
@@ -607,7 +609,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         # The two sides of a cutover: the JSON files and the database of this data directory.
         if not config.db_path.exists():
-            raise CommandError(f"{config.db_path}: no database to compare; run migrate", 3)
+            raise CommandError(f"{config.db_path}: no database to compare; run migrate", EXIT_STORE)
         a = open_store(_side(config, "json"))
         try:
             b = open_store(_side(config, "sqlite"))
@@ -897,7 +899,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     from registry.hook import is_hook_invocation
 
-    if is_hook_invocation(arguments, (*COMMANDS, *COMMANDS_MORE)):
+    if is_hook_invocation(arguments, COMMANDS):
         from registry.hook import main as hook_main
 
         return hook_main(arguments)

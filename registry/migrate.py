@@ -321,7 +321,7 @@ def import_json(
             _publish(build, db_path)
     except filelock.Timeout as exc:
         raise MigrationError(f"{db_path}: another import holds the lock") from exc
-    _finish(progress)
+    _finish(progress, report)
     return report
 
 
@@ -358,9 +358,11 @@ def import_on_first_start(
         raise MigrationError(f"{db_path}: the first-start import did not finish in time") from exc
 
 
-def _finish(progress: Progress | None) -> None:
+def _finish(progress: Progress | None, report: MigrationReport) -> None:
     if progress is not None:
-        progress(1, 1)
+        # Every record read was either imported or skipped: the total read_legacy counted.
+        done = report.sessions_imported + report.tokens_imported + len(report.skipped)
+        progress(done, done)
 
 
 def _build(
@@ -542,7 +544,7 @@ def reimport_json(
                 _discard(build)
     except filelock.Timeout as exc:
         raise MigrationError(f"{db_path}: another import holds the lock") from exc
-    _finish(progress)
+    _finish(progress, report)
     return report
 
 

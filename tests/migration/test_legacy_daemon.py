@@ -371,7 +371,7 @@ def test_import_progress_reaches_its_total(tmp_path: Path) -> None:
         tmp_path / "legacy", tmp_path / "ccr.db", progress=lambda d, t: calls.append((d, t))
     )
     assert calls[:2] == [(1000, 2500), (2000, 2500)]
-    assert calls[-1][0] == calls[-1][1]
+    assert calls[-1] == (2500, 2500)
     exported: list[tuple[int, int]] = []
     export_json(
         tmp_path / "ccr.db", tmp_path / "out", progress=lambda d, t: exported.append((d, t))

@@ -116,6 +116,16 @@ class _Document:
         self.unreadable = unreadable  # key -> why it cannot be read
 
 
+# Every key the legacy codecs read (both shapes); anything else in a record is someone else's.
+_KNOWN_KEYS: Final = frozenset(
+    (
+        *("session_id", "ppid", "pid", "start_time", "cwd", "label", "notify", "transport"),
+        *("state", "created_at", "updated_at", "last_seen", "expires_at"),
+        *("token", "chat_id", "scopes", "context"),
+    )
+)
+
+
 def render(
     raw: dict[str, _Raw], models: dict[str, Any], hidden: set[str], to_legacy: Any
 ) -> tuple[bytes, dict[str, _Raw]]:
@@ -133,7 +143,11 @@ def render(
         elif entry.model is model:
             out[key] = entry
         else:
-            out[key] = _Raw(key, to_legacy(model), model)
+            value = to_legacy(model)
+            if isinstance(entry.value, dict):
+                # Keys the data model does not know (another program's) ride along unchanged.
+                value.update((k, v) for k, v in entry.value.items() if k not in _KNOWN_KEYS)
+            out[key] = _Raw(key, value, model)
     for key, model in models.items():
         if key not in out:
             out[key] = _Raw(key, to_legacy(model), model)

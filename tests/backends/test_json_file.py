@@ -692,3 +692,20 @@ def test_a_rolled_back_savepoint_gives_back_the_record_it_wrote_over(
         "session_id": "kept",
         "cwd": "/no/timestamp",
     }
+
+
+def test_keys_the_data_model_does_not_know_survive_a_change_of_their_record(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    record = good_record("s1", hostname="laptop", extra={"nested": [1, 2]})
+    token = {"session_id": "s1", "chat_id": "5", "created_at": NOW_MS, "origin": "webhook"}
+    write_files(tmp_path, {"s1": record}, {"t1": token})
+    with open_json(tmp_path, clock) as store:
+        store.sessions.update("s1", label="changed")
+        store.tokens.store_token("t1", "s1", 6)
+    values = read_values(tmp_path)
+    assert values["claude-sessions.json"]["s1"]["label"] == "changed"
+    assert values["claude-sessions.json"]["s1"]["hostname"] == "laptop"
+    assert values["claude-sessions.json"]["s1"]["extra"] == {"nested": [1, 2]}
+    assert values["claude-tokens.json"]["t1"]["chat_id"] == "6"
+    assert values["claude-tokens.json"]["t1"]["origin"] == "webhook"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.backends._base import BaseStore, Clock
@@ -36,7 +37,11 @@ def _open_json(config: StoreConfig, clock: Clock) -> BaseStore:
 
 def _open_sqlite(config: StoreConfig, clock: Clock) -> BaseStore:
     from registry.backends.sqlite import SqliteStore
+    from registry.backends.sqlite_sql import refuse_symlinks
 
+    # Before the first-start check: a dangling link does not "exist", and the import would
+    # then start on a database SQLite would create at the link's target.
+    refuse_symlinks(config.db_path)
     try:
         first_start = config.migrate_from_json and not config.db_path.exists()
         if first_start:
@@ -65,20 +70,46 @@ def _open_dual(config: StoreConfig, clock: Clock) -> BaseStore:
     from registry.backends.dual import DualStore
 
     primary = BACKENDS[config.dual.primary](config, clock)
+    secondary: BaseStore | None = None
+    secondary_error: str | None = None
     try:
         secondary = BACKENDS[config.dual.secondary](config, clock)
+    except RegistryError as exc:
+        # SPEC 4: a secondary failure is counted and logged, not raised, unless strict. The
+        # shadow copy of a cutover must not keep the daemon from starting on its primary.
+        if config.dual.strict:
+            primary.close()
+            raise
+        secondary_error = f"{type(exc).__name__}: {exc}"
     except BaseException:
         primary.close()
         raise
     return DualStore(
         primary,
         secondary,
+        secondary_name=config.dual.secondary,
+        secondary_error=secondary_error,
         compare_reads=config.dual.compare_reads,
         strict=config.dual.strict,
         clock=clock,
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
     )
+
+
+def _absolute(config: StoreConfig) -> StoreConfig:
+    """The config with its paths made absolute, once, at open.
+
+    A relative data directory ($CCR_DATA_DIR, ``--data-dir``, a StoreConfig built by hand)
+    would otherwise be resolved again at every file access, so after an ``os.chdir`` a thread
+    would open (and create) another, empty store.
+    """
+    changes: dict[str, Any] = {}
+    if not config.data_dir.is_absolute():
+        changes["data_dir"] = Path(os.path.abspath(config.data_dir))
+    if config.sqlite_path is not None and not config.sqlite_path.is_absolute():
+        changes["sqlite_path"] = Path(os.path.abspath(config.sqlite_path))
+    return config.replace(**changes) if changes else config
 
 
 # Backends are imported when opened, so a hook that uses one never imports the other.
@@ -99,7 +130,7 @@ def open_store(
     ``clock`` returns the current time as an aware datetime (default: the system clock).
     :raises ConfigError: for an unknown backend or key, naming the valid choices.
     """
-    resolved = StoreConfig.resolve(config)
+    resolved = _absolute(StoreConfig.resolve(config))
     opener = BACKENDS.get(resolved.backend)
     if opener is None:
         raise ConfigError(

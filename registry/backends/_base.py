@@ -10,6 +10,7 @@ records reach the disk.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -50,6 +51,17 @@ Clock = Callable[[], datetime]
 
 # 16 random bytes, as the legacy daemon used: 128 bits, 22 URL-safe characters.
 TOKEN_BYTES: Final = 16
+
+# The process's write generation: every write call of any store in this process takes a new
+# value when it ends (see cleanup_dead_sessions). Values come from one counter, so the
+# generation never returns to a value it had.
+_write_counter = itertools.count(1)
+_write_generation = 0
+
+
+def _note_write() -> None:
+    global _write_generation
+    _write_generation = next(_write_counter)
 
 
 class BaseStore(ABC):
@@ -122,6 +134,16 @@ class BaseStore(ABC):
     @abstractmethod
     def _close(self) -> None: ...
 
+    def _data_version(self) -> object:
+        """Inside a read or write scope: a value that changes whenever the stored data may have.
+
+        It must change for every commit by another connection, thread or process (writes of
+        this store object's own thread are covered by the write generation as well). The
+        default, a new object each time, says "may have changed" every time: exact enough,
+        as ``cleanup_dead_sessions`` then falls back to its conservative rule.
+        """
+        return object()
+
     def _session_of_live_token(self, token: str, now: datetime) -> Session | None:
         found = self._get_token(token)
         if found is None or not found.is_live(now):
@@ -175,8 +197,11 @@ class BaseStore(ABC):
     @contextmanager
     def _write(self) -> Iterator[datetime]:
         now = self._now()
-        with self._writing(savepoint=False):
-            yield now
+        try:
+            with self._writing(savepoint=False):
+                yield now
+        finally:
+            _note_write()  # also when it failed: a change that may have happened counts
 
     # ----------------------------------------------------------------- sessions
 
@@ -293,7 +318,9 @@ class BaseStore(ABC):
 
             is_alive = is_process_alive
         now = self._now()
+        generation = _write_generation
         with self._reading():
+            version = self._data_version()
             candidates = [
                 session
                 for session in self._select(now, active_only=False, notify_only=False)
@@ -304,9 +331,17 @@ class BaseStore(ABC):
         removed: list[str] = []
         if dead:
             with self._write():
-                # A record that differs from the probed one was re-registered, touched or
-                # updated since: the probe's verdict is about a state that no longer exists.
-                removed = sorted(s.session_id for s in dead if self._get(s.session_id) == s)
+                # Nothing written since the candidates were read: every verdict stands. Else a
+                # session is removed only if its record is the one probed and was last written
+                # before that read; a write during the probe stamps it with a time >= `now`,
+                # even within the same millisecond, where the record alone may look unchanged.
+                quiet = generation == _write_generation and self._data_version() == version
+                removed = sorted(
+                    s.session_id
+                    for s in dead
+                    if self._get(s.session_id) == s
+                    and (quiet or max(s.updated_at, s.last_seen) < now)
+                )
                 if removed:
                     self._delete_sessions(removed)
         return removed

@@ -13,6 +13,7 @@ with SQLITE_BUSY under contention, whatever the busy timeout.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +116,13 @@ def translate(exc: BaseException, path: Path) -> RegistryError:
         "not a database" in message or "malformed" in message or "corrupt" in message
     ):
         return StoreCorrupted(f"{path}: {message}")
+    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in message:
+        # SQLite says no more than this when open() fails; EMFILE (the descriptor limit) is the
+        # cause a long-running daemon meets, a missing directory or permission the others.
+        return RegistryError(
+            f"{path}: cannot open the database ({message}: a missing directory, no permission, "
+            "or too many open files)"
+        )
     return RegistryError(f"{path}: {type(exc).__name__}: {message}")
 
 
@@ -153,8 +161,27 @@ def refuse_orphan_wal(path: Path) -> None:
         )
 
 
+def refuse_symlinks(path: Path) -> None:
+    """Refuse a database, ``-wal`` or ``-shm`` path that is a symbolic link, dangling or not.
+
+    SQLite follows a link and creates the files at its target with the default mode (0644 under
+    the usual umask), so the tokens would land where the link points, readable by others.
+    """
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        candidate = path.with_name(name)
+        if os.path.islink(candidate):
+            raise RegistryError(
+                f"{candidate} is a symbolic link; the database and its -wal and -shm files "
+                "must be regular files (point sqlite_path or data_dir at the real location)"
+            )
+
+
 def connect(path: Path, timeout: float) -> sqlite3.Connection:
-    """A connection with the pragmas every connection needs (see the module docstring)."""
+    """A connection with the pragmas every connection needs (see the module docstring).
+
+    :raises RegistryError: if the database or its ``-wal`` or ``-shm`` path is a symlink.
+    """
+    refuse_symlinks(path)
     conn = sqlite3.connect(
         path, timeout=timeout, isolation_level=None, check_same_thread=False, cached_statements=64
     )
@@ -204,8 +231,14 @@ def prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (errors translated)."""
+def transaction(
+    conn: sqlite3.Connection, path: Path, *, owner: int | None = None
+) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (errors translated).
+
+    ``owner``: the pid the connection belongs to; in another process (a child that forked
+    inside the unit) the connection is left alone, neither committed nor rolled back.
+    """
     with translated(path):
         if conn.in_transaction:
             # A ROLLBACK that failed (an I/O error) left this connection inside a transaction.
@@ -213,8 +246,12 @@ def transaction(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
         conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        if owner is not None and owner != os.getpid():
+            return
         conn.execute("COMMIT")
     except BaseException as exc:
+        if owner is not None and owner != os.getpid():
+            raise
         if conn.in_transaction:
             with translated(path):
                 conn.execute("ROLLBACK")

@@ -294,6 +294,9 @@ def test_cleanup_dead_keeps_a_session_reregistered_during_the_probe(
     store, other = open_(), open_()
     store.sessions.register("racing", ppid=100, start_time=1)
     store.sessions.register("dead", ppid=101, start_time=1)
+    # Written before the pass begins: a session last written in the very millisecond of the
+    # pass is kept one more pass whenever anything changed during the probes.
+    clock.advance(milliseconds=1)
 
     def is_alive(pid: int, start_time: int | None) -> bool:
         if pid == 100:
@@ -326,6 +329,33 @@ def test_cleanup_dead_keeps_a_session_changed_during_the_probe(
 
     assert store.sessions.cleanup_dead_sessions(is_alive) == []
     assert store.sessions.get("s1") is not None
+
+
+@pytest.mark.parametrize("through", ["same-store", "other-store"])
+@pytest.mark.parametrize("action", ["touch", "update", "register", "register-same"])
+def test_cleanup_dead_keeps_a_session_changed_in_the_same_millisecond(
+    open_: OpenStore, action: str, through: str
+) -> None:
+    """The clock does not move: a change during the probe may leave the record identical."""
+    store = open_()
+    writer = store if through == "same-store" else open_()
+    store.sessions.register("s1", ppid=100, start_time=1, label="x")
+
+    def is_alive(pid: int, start_time: int | None) -> bool:
+        if action == "touch":
+            writer.sessions.touch("s1")
+        elif action == "update":
+            writer.sessions.update("s1", label="x")
+        elif action == "register":
+            writer.sessions.register("s1")
+        else:
+            writer.sessions.register("s1", ppid=100, start_time=1, label="x")
+        return False
+
+    assert store.sessions.cleanup_dead_sessions(is_alive) == []
+    assert store.sessions.get("s1") is not None
+    # Nothing changes during the next pass: the verdict then stands.
+    assert store.sessions.cleanup_dead_sessions(lambda pid, start: False) == ["s1"]
 
 
 def test_cleanup_dead_with_nothing_to_remove(store: Store) -> None:

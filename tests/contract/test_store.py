@@ -196,7 +196,12 @@ def _corrupt(path: Path) -> bytes:
     return garbage
 
 
-def test_corrupt_data_file_is_refused_and_left_untouched(open_: OpenStore, data_dir: Path) -> None:
+def test_corrupt_data_file_is_refused_and_left_untouched(
+    open_: OpenStore, data_dir: Path, store_config: dict[str, Any]
+) -> None:
+    # strict: a dual store refuses a damaged secondary too (without it, it runs primary-only:
+    # tests/dual/test_dual.py); the other backends ignore the [store.dual] table.
+    strict = {"dual": {**store_config.get("dual", {}), "strict": True}}
     store = open_()
     store.sessions.register("s1")
     store.tokens.mint_token("s1", 1)
@@ -208,7 +213,7 @@ def test_corrupt_data_file_is_refused_and_left_untouched(open_: OpenStore, data_
         _corrupt(data_dir / name)
         damaged = data_files(data_dir)
         with pytest.raises(StoreCorrupted):
-            reopened = open_()
+            reopened = open_(**strict)
             reopened.sessions.list_sessions()
             reopened.tokens.tokens_for_session("s1")
         assert data_files(data_dir) == damaged, f"{name} was modified after being refused"

@@ -12,7 +12,7 @@ from typing import Any
 import filelock
 import pytest
 
-from registry import RegistryError, Store, StoreBusy, open_store
+from registry import RegistryError, Store, StoreBusy, StoreCorrupted, open_store
 from registry.backends.dual import DualStore
 from registry.migrate import diff_stores
 from tests.conftest import FakeClock
@@ -242,3 +242,72 @@ def test_every_read_agrees_on_a_consistent_store(dual: DualStore, clock: FakeClo
     dual.tokens.get_session_by_token(token.token)
     dual.tokens.tokens_for_session("s1")
     assert (dual.mismatches, dual.secondary_failures) == (0, 0)
+
+
+def damage(tmp_path: Path, name: str) -> tuple[Path, bytes]:
+    """Make the named side's main file unreadable; return it and its damaged bytes."""
+    path = tmp_path / ("claude-sessions.json" if name == "json" else "ccr.db")
+    garbage = b"\x00\xffnot what it should be {[" * 40
+    path.write_bytes(garbage)
+    return path, garbage
+
+
+def test_a_secondary_that_cannot_be_opened_leaves_the_primary_running(
+    tmp_path: Path, clock: FakeClock, sides: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    primary_name, secondary_name = sides
+    with open_store(config(tmp_path, *sides), clock=clock) as store:
+        store.sessions.register("before")
+    path, garbage = damage(tmp_path, secondary_name)
+    caplog.set_level(logging.WARNING, logger="registry.dual")
+    store = open_store(config(tmp_path, *sides), clock=clock)
+    assert isinstance(store, DualStore)
+    with store:
+        assert store.secondary is None and store.secondary_name == secondary_name
+        assert store.secondary_error is not None and "StoreCorrupted" in store.secondary_error
+        assert store.secondary_failures == 1
+        store.sessions.register("during", label="x")
+        token = store.tokens.mint_token("during", 1)
+        with store.atomic():
+            store.sessions.update("during", label="y")
+            store.sessions.touch("before")
+        assert store.secondary_failures == 4  # the open, then each write unit skipped
+        found = store.sessions.get("during")
+        assert found is not None and found.label == "y"
+        assert store.tokens.validate_token(token.token, 1) == token
+        assert store.mismatches == 0
+    logged = [r.getMessage() for r in caplog.records if r.name == "registry.dual"]
+    assert len(logged) == 1 and "could not be opened" in logged[0], logged
+    assert path.read_bytes() == garbage  # the damaged file is left for a person to look at
+    with side(tmp_path, primary_name, clock) as primary:
+        assert {s.session_id for s in primary.sessions.list_sessions()} == {"before", "during"}
+
+
+def test_strict_refuses_a_secondary_that_cannot_be_opened(
+    tmp_path: Path, clock: FakeClock, sides: tuple[str, str]
+) -> None:
+    with open_store(config(tmp_path, *sides), clock=clock) as store:
+        store.sessions.register("before")
+    damage(tmp_path, sides[1])
+    with pytest.raises(StoreCorrupted):
+        open_store(config(tmp_path, *sides, strict=True), clock=clock)
+
+
+def test_a_mismatch_is_one_short_line(
+    dual: DualStore,
+    tmp_path: Path,
+    clock: FakeClock,
+    sides: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for n in range(60):
+        dual.sessions.register(f"session-{n:03d}-{'x' * 30}")
+    with side(tmp_path, sides[1], clock) as secondary:
+        for n in range(50):
+            secondary.sessions.remove(f"session-{n:03d}-{'x' * 30}")
+    caplog.set_level(logging.WARNING, logger="registry.dual")
+    assert len(dual.sessions.list_sessions()) == 60
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "registry.dual"]
+    assert "\n" not in line and len(line) < 400, line
+    assert "60 records on the primary, 10 on the secondary" in line
+    assert "and 47 more" in line

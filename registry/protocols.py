@@ -130,8 +130,16 @@ class SessionRegistry(Protocol):
         (default :func:`registry.liveness.is_process_alive`); stopped sessions and sessions
         without a ``ppid`` are never probed.
         The probes run outside any lock or transaction, so a probe may be slow or use the store.
-        A session found dead is removed, with its tokens, only if its record is unchanged since
-        it was read for the probe: one re-registered, touched or updated meanwhile is kept.
+        A session found dead is removed, with its tokens, only if it was not re-registered,
+        touched or updated after it was read for the probe, even within the same millisecond.
+        How that is known exactly without a version column: if nothing was written to the store
+        since the candidates were read (no write call in this process, and the backend's data
+        version unchanged: SQLite's ``PRAGMA data_version`` and this connection's change count,
+        the json files' inode, size and mtime), every dead session is removed; otherwise one is
+        removed only if its record still equals the one probed and its ``updated_at`` and
+        ``last_seen`` are both earlier than the pass's ``now`` (every write stamps one of them
+        with its own time). So a session written in the very millisecond the pass began may be
+        kept one pass longer; a session changed during the probe is never removed.
         :raises ValidationError: if ``is_alive`` is given and is not callable.
         """
         ...

@@ -24,8 +24,8 @@ On success the primary commits first, then the secondary. Lock order: the json s
 is always taken before the sqlite side's ``BEGIN IMMEDIATE``, whichever side is the primary.
 Taking sqlite's write lock first (as primary) and then waiting for the json lock held the
 database locked through the json wait and commit, while every other writer slept in SQLite's
-busy handler: 32 processes took 238 s instead of 15 s and 2.8% of their calls raised
-``StoreBusy``; ``bench/dual_contention.py`` measures it. What is guaranteed:
+busy handler: 32 processes took 257 s instead of 18 to 29 s, and one attempt in five raised
+``StoreBusy`` (``bench/dual_contention.py``, docs/benchmark-notes.md). What is guaranteed:
 
 * the primary alone is all-or-nothing and isolated, exactly as on its own;
 * the secondary never holds part of a unit: if any of its writes fails, its whole unit is rolled

@@ -164,15 +164,22 @@ def _read_sources(json_dir: Path, lock_timeout_s: float) -> dict[str, bytes]:
     could see one file new and the other old (a token whose session is "missing"). A committed
     journal of a writer that died is rolled forward first, as the json backend would. Where the
     lock file cannot be created (a directory we may only read), no writer of ours can be at
-    work, and the files are read as they are.
+    work either, and the files are read as they are.
     """
     from registry.backends.json_file import LOCK_FILE, recover_journal
 
     if not legacy_files_present(json_dir):
         raise MigrationError(f"{json_dir}: neither {SESSIONS_FILE} nor {TOKENS_FILE} exists")
-    lock = filelock.FileLock(
-        json_dir / LOCK_FILE, timeout=lock_timeout_s, mode=FILE_MODE, thread_local=False
-    )
+    lock_path = json_dir / LOCK_FILE
+    if not lock_path.exists():
+        # A json store creates its lock file before its first write and never removes it: with
+        # none before and after the read, no writer of ours was at work, and the import leaves
+        # the legacy directory exactly as it found it. One that appeared meanwhile: read again
+        # under its lock.
+        files = _read_files(json_dir)
+        if not lock_path.exists():
+            return files
+    lock = filelock.FileLock(lock_path, timeout=lock_timeout_s, mode=FILE_MODE, thread_local=False)
     try:
         lock.acquire()
     except filelock.Timeout as exc:

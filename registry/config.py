@@ -230,6 +230,7 @@ class StoreConfig(_Frozen):
 
     def replace(self, **changes: Any) -> StoreConfig:
         """A copy with some values changed (validated like the constructor)."""
+        _check_keys("store", changes, (*STORE_KEYS, "source", "explicit"))
         values = {name: getattr(self, name) for name in (*STORE_KEYS, "source", "explicit")}
         return StoreConfig(**{**values, **changes})
 

@@ -244,6 +244,15 @@ def test_a_nul_byte_in_a_path_is_a_config_error(tmp_path: Path, key: str) -> Non
     assert not (tmp_path / "a").exists()
 
 
+def test_replace_validates_like_the_constructor() -> None:
+    config = StoreConfig()
+    assert config.replace(lock_timeout_s=2).lock_timeout_s == 2
+    with pytest.raises(ConfigError, match="unknown key 'lock_timeout'"):
+        config.replace(lock_timeout=2)
+    with pytest.raises(ConfigError, match=r"store\.token_ttl_hours"):
+        config.replace(token_ttl_hours=1e300)
+
+
 def test_a_nul_byte_in_the_config_file_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="NUL"):
         open_store(str(tmp_path / "c\x00.toml"))

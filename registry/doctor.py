@@ -54,6 +54,8 @@ def run_checks(config: StoreConfig, *, config_error: str | None = None) -> list[
         ("database", lambda: _database_checks(config.db_path)),
         ("json lock", lambda: _json_lock_check(data_dir)),
     ]
+    if config.backend == "dual":
+        steps.append(("dual secondary", lambda: _dual_check(config)))
     for name, step in steps:
         try:
             found = step()
@@ -232,6 +234,27 @@ def _database_lock_check(db_path: Path) -> Check:
     finally:
         conn.close()
     return Check("database lock", "ok", "free")
+
+
+def _dual_check(config: StoreConfig) -> Check:
+    """Can the secondary be opened? A dual store runs on its primary alone when it cannot."""
+    from registry.factory import open_store, store_exists
+
+    if not store_exists(config):
+        return Check("dual secondary", "info", "no store yet")
+    store = open_store(config.replace(lock_timeout_s=min(config.lock_timeout_s, 2.0)))
+    try:
+        error = getattr(store, "secondary_error", None)
+    finally:
+        store.close()
+    side, primary = config.dual.secondary, config.dual.primary
+    if error:
+        return Check(
+            "dual secondary",
+            "fail",
+            f"{side} cannot be opened, writes go to {primary} only: {error}",
+        )
+    return Check("dual secondary", "ok", f"{side} opens")
 
 
 def _json_lock_check(data_dir: Path) -> Check:

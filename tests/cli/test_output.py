@@ -450,3 +450,19 @@ def test_doctor_counts_legacy_records_it_cannot_show(run: Run, tmp_path: Path) -
     assert checks["legacy records"]["status"] == "warn"
     assert checks["legacy records"]["detail"].startswith("1 unreadable")
     assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_doctor_shows_a_dual_secondary_that_cannot_be_opened(run: Run, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ccr-registry.toml").write_text(
+        '[store]\nbackend = "dual"\n[store.dual]\nprimary = "sqlite"\nsecondary = "json"\n'
+    )
+    assert run("sessions", "register", "s1").returncode == 0
+    checks = {c["check"]: c for c in json.loads(run("--json", "doctor").stdout)}
+    assert checks["dual secondary"]["status"] == "ok"
+    (data / "claude-sessions.json").write_bytes(b"\x00 not json")
+    done = run("--json", "doctor")
+    checks = {c["check"]: c for c in json.loads(done.stdout)}
+    assert done.returncode == 1 and checks["dual secondary"]["status"] == "fail"
+    assert "json cannot be opened" in checks["dual secondary"]["detail"]

@@ -619,16 +619,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
         names = (f"json ({config.data_dir})", f"sqlite ({config.db_path})")
     with a, b:
         differences = diff_stores(a, b, progress=progress_reporter("verify"))
+    # A dual side whose secondary could not be opened compares its primary only: say so.
+    warnings = [
+        f"{side}: the dual secondary is not open, compared the primary only: {error}"
+        for side, store in zip(("a", "b"), (a, b), strict=True)
+        if (error := getattr(store, "secondary_error", None))
+    ]
     document = {
         "a": names[0],
         "b": names[1],
         "differences": [d.to_json() for d in differences],
+        "warnings": warnings,
     }
 
     def human() -> str:
+        lines = [f"warning: {printable(w)}" for w in warnings]
         if not differences:
-            return f"no differences between {names[0]} and {names[1]}"
-        lines = [f"{len(differences)} difference(s): a = {names[0]}, b = {names[1]}"]
+            return "\n".join([*lines, f"no differences between {names[0]} and {names[1]}"])
+        lines.append(f"{len(differences)} difference(s): a = {names[0]}, b = {names[1]}")
         lines.extend(f"  {printable(d)}" for d in differences)
         return "\n".join(lines)
 

@@ -466,3 +466,20 @@ def test_doctor_shows_a_dual_secondary_that_cannot_be_opened(run: Run, tmp_path:
     checks = {c["check"]: c for c in json.loads(done.stdout)}
     assert done.returncode == 1 and checks["dual secondary"]["status"] == "fail"
     assert "json cannot be opened" in checks["dual secondary"]["detail"]
+
+
+def test_verify_says_when_a_dual_side_runs_on_its_primary_only(run: Run, tmp_path: Path) -> None:
+    dual = tmp_path / "dual"
+    dual.mkdir()
+    config = tmp_path / "dual.toml"
+    config.write_text(
+        f'[store]\nbackend = "dual"\ndata_dir = "{dual}"\n'
+        '[store.dual]\nprimary = "sqlite"\nsecondary = "json"\n'
+    )
+    assert run("--config", str(config), "sessions", "register", "s1").returncode == 0
+    assert run("sessions", "register", "s1").returncode == 0
+    (dual / "claude-sessions.json").write_bytes(b"\x00 not json")
+    done = run("--json", "verify", "--against", str(config))
+    (warning,) = json.loads(done.stdout)["warnings"]
+    assert warning.startswith("b: the dual secondary is not open")
+    assert "warning: b: the dual secondary" in run("verify", "--against", str(config)).stdout

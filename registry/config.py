@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from registry.errors import ConfigError
+from registry.validation import shown
 
 # Imported for annotations only: importing typing costs a hook process measurable start-up.
 TYPE_CHECKING = False
@@ -59,32 +60,36 @@ def default_data_dir() -> Path:
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ConfigError(f"{name} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+        raise ConfigError(
+            f"{name} = {shown(value)} is not valid; choose one of: {', '.join(choices)}"
+        )
     return str(value)
 
 
 def _number(name: str, value: object, valid: tuple[float, float]) -> float:
     low, high = valid
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number from {_RANGE_TEXT[valid]}, got {value!r}")
+        raise ConfigError(f"{name} must be a number from {_RANGE_TEXT[valid]}, got {shown(value)}")
     # NaN fails both comparisons; an int too large for a float compares exactly.
     if not low <= value <= high:
-        raise ConfigError(f"{name} = {value!r} is out of range: valid from {_RANGE_TEXT[valid]}")
+        raise ConfigError(
+            f"{name} = {shown(value)} is out of range: valid from {_RANGE_TEXT[valid]}"
+        )
     return float(value)
 
 
 def _bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        raise ConfigError(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
 def _checked_path(name: str, value: object) -> Path:
     if not isinstance(value, str | os.PathLike) or not str(value):
-        raise ConfigError(f"{name} must be a path, got {value!r}")
+        raise ConfigError(f"{name} must be a path, got {shown(value)}")
     if "\x00" in str(value):
         # The OS cannot take it: every open would raise a raw ValueError.
-        raise ConfigError(f"{name} must not contain a NUL character, got {str(value)!r}")
+        raise ConfigError(f"{name} must not contain a NUL character, got {shown(str(value))}")
     return Path(value)
 
 
@@ -96,11 +101,11 @@ def _path(name: str, value: object, base_dir: Path | None) -> Path:
 
 
 def _check_keys(table: str, mapping: Mapping[str, Any], valid: tuple[str, ...]) -> None:
-    # By text: a mapping given in code may have keys that are not strings, which do not sort.
-    unknown = sorted(set(mapping) - set(valid), key=str)
+    # By their text: a mapping given in code may have keys that are not strings (they do not sort).
+    unknown = sorted(set(mapping) - set(valid), key=shown)
     if unknown:
         raise ConfigError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(shown, unknown))} in "
             f"[{table}]; valid keys: {', '.join(valid)}"
         )
 

@@ -41,6 +41,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 Scalar = str | int | float | bool | None
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message: at most 80 characters, a huge int by its size.
+
+    Python refuses to print an int of more than 4,300 digits (a raw ValueError while the
+    message of a ValidationError was being built), and an argument's repr may be megabytes long.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails must not hide the validation error
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def is_utf8(value: str) -> bool:
     """True if ``value`` can be encoded as UTF-8: it holds no lone surrogate.
 
@@ -118,7 +133,7 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
     if not low <= value <= high:
-        raise ValidationError(f"{name} must be within [{low}, {high}], got {value}")
+        raise ValidationError(f"{name} must be within [{low}, {high}], got {shown(value)}")
     return value
 
 
@@ -146,14 +161,14 @@ def check_notify(value: object) -> bool:
 
 def check_state(value: object) -> str:
     if value not in STATES:
-        raise ValidationError(f"state must be one of {', '.join(STATES)}; got {value!r}")
+        raise ValidationError(f"state must be one of {', '.join(STATES)}; got {shown(value)}")
     return str(value)
 
 
 def check_kind(value: object) -> str:
     if value not in TRANSPORT_KINDS:
         raise ValidationError(
-            f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}; got {value!r}"
+            f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}; got {shown(value)}"
         )
     return str(value)
 

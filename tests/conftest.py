@@ -51,6 +51,9 @@ INVALID_UNICODE = ["\udcff", "pane-\udcff", "\ud800", "emoji \U0001f99c and \udf
 ODD_TEXT = ["a\x00b", "\x1b]0;title\x07", "\u2028\u2029", "\ufeffbom", "\U0010ffff", "\x85next"]
 # Integers no signed 64-bit column can hold.
 BEYOND_INT64 = [2**63, 2**64, -(2**63) - 1, 10**30]
+# One with more digits than Python will print: an error message that shows it raised ValueError.
+# (Kept out of BEYOND_INT64: Hypothesis prints its strategies.)
+UNPRINTABLE_INT = -(10**5000)
 # Arguments of the wrong kind where an int is expected (a bool is an int to Python, not to us).
 NOT_INTS: list[Any] = [True, 1.5, "5", b"5", None]
 # Arguments of the wrong kind where a string (an id, a token) is expected.

@@ -10,6 +10,7 @@ import pytest
 from registry import ConfigError, StoreConfig, open_store
 from registry.config import BACKEND_NAMES
 from registry.factory import BACKENDS
+from tests.conftest import UNPRINTABLE_INT
 
 
 @pytest.fixture(autouse=True)
@@ -98,8 +99,11 @@ def test_mapping_paths_are_expanded(tmp_path: Path) -> None:
         ({"data_dir": ""}, "path"),
         ({"data_dir": 5}, "path"),
         ({"dual": 5}, r"\[store.dual\] must be a table"),
-        ({1: "x", "bakend": "json"}, "unknown keys 1, 'bakend' in"),
-        ({"dual": {1: "x", "strikt": True}}, r"unknown keys 1, 'strikt' in \[store.dual\]"),
+        ({"backend": UNPRINTABLE_INT}, "an int of 16610 bits is not valid"),
+        ({"lock_timeout_s": UNPRINTABLE_INT}, "an int of 16610 bits is out of range"),
+        ({UNPRINTABLE_INT: 1, "bakend": 1}, "unknown keys 'bakend', an int of 16610 bits in"),
+        ({1: "x", "bakend": "json"}, "unknown keys 'bakend', 1 in"),
+        ({"dual": {1: "x", "strikt": True}}, r"unknown keys 'strikt', 1 in \[store.dual\]"),
     ],
 )
 def test_bad_config_is_a_config_error_naming_the_choices(

@@ -40,12 +40,14 @@ from tests.conftest import (
     NOT_INTS,
     NOT_STRINGS,
     ODD_TEXT,
+    UNPRINTABLE_INT,
     OpenStore,
     data_files,
 )
 
 BAD_IDS: list[Any] = ["", "x" * 257, "line\nbreak", "tab\there", "nul\x00", "del\x7f", 5, None]
-BAD_PIDS: list[Any] = [0, -1, True, "5", 2**63, 1.5, *BEYOND_INT64]
+BIG_INTS: list[Any] = [*BEYOND_INT64, UNPRINTABLE_INT]
+BAD_PIDS: list[Any] = [0, -1, True, "5", 2**63, 1.5, *BIG_INTS]
 BAD_TEXT: list[Any] = ["x" * 4097, 5, b"bytes", *INVALID_UNICODE]
 # Strings of the right type that no record can hold: a lookup finds nothing.
 UNSTORABLE_KEYS: list[str] = [*INVALID_UNICODE, "", "x" * 257, "line\nbreak"]
@@ -81,7 +83,7 @@ def _cases() -> list[tuple[str, str, Callable[[Store], object]]]:
                 f"{field}-{i}",
                 lambda s, f=field, b=bad: s.sessions.update("s1", **{f: b}),
             )
-    for i, bad in enumerate([-1, *BEYOND_INT64, *[v for v in NOT_INTS if v is not None]]):
+    for i, bad in enumerate([-1, *BIG_INTS, *[v for v in NOT_INTS if v is not None]]):
         add("register", f"start-time-{i}", lambda s, b=bad: s.sessions.register("n", start_time=b))
         add("update", f"start-time-{i}", lambda s, b=bad: s.sessions.update("s1", start_time=b))
     for field in ("cwd", "label"):
@@ -100,6 +102,8 @@ def _cases() -> list[tuple[str, str, Callable[[Store], object]]]:
     add("register", "notify-str", lambda s: s.sessions.register("n", notify="yes"))
     add("register", "state-active", lambda s: s.sessions.register("n", state="active"))
     add("register", "state-unknown", lambda s: s.sessions.register("n", state="paused"))
+    add("register", "state-huge-int", lambda s: s.sessions.register("n", state=UNPRINTABLE_INT))
+    add("register", "state-huge-str", lambda s: s.sessions.register("n", state="x" * 10**6))
     add(
         "register", "transport-dict", lambda s: s.sessions.register("n", transport={"kind": "nvim"})
     )
@@ -112,7 +116,7 @@ def _cases() -> list[tuple[str, str, Callable[[Store], object]]]:
         add("update", f"id-{i}", lambda s, b=bad: s.sessions.update(b, label="x"))
         add("touch", f"{i}", lambda s, b=bad: s.sessions.touch(b))
         add("remove", f"{i}", lambda s, b=bad: s.sessions.remove(b))
-    for i, bad in enumerate([0, -1, *BEYOND_INT64, *NOT_INTS]):
+    for i, bad in enumerate([0, -1, *BIG_INTS, *NOT_INTS]):
         add("get_by_ppid", f"{i}", lambda s, b=bad: s.sessions.get_by_ppid(b))
     for i, bad in enumerate(["yes", 1, None]):
         add(
@@ -130,7 +134,7 @@ def _cases() -> list[tuple[str, str, Callable[[Store], object]]]:
     for i, bad in enumerate(NOT_STRINGS + INVALID_UNICODE):
         add("mint_token", f"session-{i}", lambda s, b=bad: s.tokens.mint_token(b, 1))
         add("store_token", f"session-{i}", lambda s, b=bad: s.tokens.store_token("t", b, 1))
-    for i, bad in enumerate(BEYOND_INT64 + NOT_INTS):
+    for i, bad in enumerate(BIG_INTS + NOT_INTS):
         add("mint_token", f"chat-{i}", lambda s, b=bad: s.tokens.mint_token("s1", b))
         add("store_token", f"chat-{i}", lambda s, b=bad: s.tokens.store_token("t", "s1", b))
         add("validate_token", f"chat-{i}", lambda s, b=bad: s.tokens.validate_token("t", b))
@@ -309,6 +313,7 @@ def test_scopes_and_detail_keys_up_to_their_limits_are_kept(open_: OpenStore) ->
         lambda: Transport(kind="tmux", details={"pane_id": INVALID_UNICODE[0]}),
         lambda: Transport(kind="tmux", details={INVALID_UNICODE[1]: "%1"}),
         lambda: Transport(kind="tmux", details={"pane_id": 2**64}),
+        lambda: Transport(kind="tmux", details={"pane_id": UNPRINTABLE_INT}),
         lambda: Transport(kind="tmux", details={f"k{i}": i for i in range(MAX_DETAIL_KEYS + 1)}),
         lambda: Transport(kind=INVALID_UNICODE[0]),
         lambda: Transport(kind="tmux", details=_frozen({"pane_id": INVALID_UNICODE[0]})),
@@ -323,6 +328,7 @@ def test_scopes_and_detail_keys_up_to_their_limits_are_kept(open_: OpenStore) ->
         "surrogate-value",
         "surrogate-key",
         "beyond-int64",
+        "unprintable-int",
         "too-many-keys",
         "surrogate-kind",
         "frozen-map-is-checked-too",
@@ -337,6 +343,15 @@ def _frozen(data: dict[str, Any]) -> Any:
     from registry.models import FrozenMap
 
     return FrozenMap(data)
+
+
+@pytest.mark.parametrize(
+    "bad", [UNPRINTABLE_INT, "x" * 10**6, [0] * 10**5], ids=["int", "str", "list"]
+)
+def test_an_error_message_shows_a_huge_argument_briefly(store: Store, bad: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        store.sessions.register("n", state=bad)
+    assert len(str(caught.value)) < 200
 
 
 def test_validation_error_is_a_value_error() -> None:

@@ -188,3 +188,38 @@ def test_export_rolls_back_into_the_legacy_daemons_files(run: Run, data: Path) -
             if key != UPSERTED:
                 assert after[name][key] == value, (name, key)
     assert run("verify").returncode == 0
+
+
+def test_migrate_and_export_show_progress_on_a_terminal(
+    tmp_path: Path, data: Path, run: Run
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCR_")}
+    env["HOME"] = str(tmp_path / "home")
+    shown: dict[str, str] = {}
+    for label, args in (("import", ["migrate"]), ("export", ["export", "--out", str(data)])):
+        main, secondary = os.openpty()
+        try:
+            done = subprocess.run(
+                [str(SCRIPT), "--data-dir", str(data), *args],
+                stdout=subprocess.PIPE,
+                stderr=secondary,
+                env=env,
+                timeout=60,
+            )
+            os.close(secondary)
+            assert done.returncode == 0
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # the terminal's other end is closed: all read
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            shown[label] = b"".join(chunks).decode()
+        finally:
+            os.close(main)
+    assert "import: 9/9 100%" in shown["import"]  # the fixture's 5 + 4 records, all read
+    assert "export: 10/10 100%" in shown["export"]  # 3 + 2 records read, then written
+    assert run("migrate", "--reimport").stderr == ""  # off a terminal: no progress line

@@ -7,6 +7,7 @@ string no record can hold is simply not found by a lookup.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry import (
+    RegistryError,
     SessionNotFound,
     Store,
     TokenNotFound,
@@ -215,6 +219,63 @@ def test_the_table_attacks_every_public_method_that_takes_arguments() -> None:
     assert taking_arguments - attacked == set()
     # Store's own methods (atomic, close) take no argument: nothing there to attack.
     assert "register" in taking_arguments and "validate_token" in taking_arguments
+
+
+# Arguments of every kind, valid ones included, for the random attack below.
+ANYTHING = st.one_of(
+    st.sampled_from(
+        [
+            *NOT_STRINGS,
+            *NOT_INTS,
+            *INVALID_UNICODE,
+            *ODD_TEXT,
+            *BEYOND_INT64,
+            "s1",
+            "t1",
+            0,
+            -1,
+            float("nan"),
+            float("inf"),
+            timedelta.max,
+            timedelta(seconds=-1),
+            timedelta(0),
+            Transport(),
+            [""],
+            {"k": INVALID_UNICODE[0]},
+            print,
+            object(),
+        ]
+    ),
+    st.text(max_size=5),
+    st.integers(),
+    st.floats(),
+    st.binary(max_size=4),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+# Each public method with the names of its parameters.
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    name: tuple(list(inspect.signature(member).parameters)[1:])
+    for protocol in (SessionRegistry, TokenStore)
+    for name, member in vars(protocol).items()
+    if not name.startswith("_") and inspect.isfunction(member)
+}
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(sorted(SIGNATURES)), data=st.data())
+def test_any_argument_of_any_kind_gives_a_result_or_a_registry_error(
+    store: Store, method: str, data: st.DataObject
+) -> None:
+    if store.sessions.get("s1") is None:
+        store.sessions.register("s1")
+    arguments = {name: data.draw(ANYTHING, label=name) for name in SIGNATURES[method]}
+    if method == "update":
+        arguments = {"session_id": arguments.get("session_id"), "label": arguments["changes"]}
+    part = store.tokens if "token" in method else store.sessions
+    # A result or a RegistryError; any other exception escapes and fails the test.
+    with contextlib.suppress(RegistryError):
+        getattr(part, method)(**arguments)
 
 
 @pytest.mark.parametrize("clock", [5, "now"], ids=["int", "str"])

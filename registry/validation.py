@@ -1,8 +1,10 @@
 """The rules of SPEC 2 as plain functions, without attrs.
 
 The models (:mod:`registry.models`) run these checks on construction, and the hook's fast path
-(:mod:`registry.backends.sqlite_sql`) runs the same ones before it writes a row itself, so that
-both refuse exactly the same input. Each raises :class:`~registry.errors.ValidationError`.
+(:mod:`registry.hook`, which writes rows with :mod:`registry.backends.sqlite_sql`) runs the same
+ones before it writes a row itself, so that both refuse exactly the same input. Each raises
+:class:`~registry.errors.ValidationError`. Text read from the environment or a file name may
+hold lone surrogates, which no store accepts: :func:`is_utf8` tells, :func:`to_utf8` repairs.
 """
 
 from __future__ import annotations

@@ -34,3 +34,25 @@ def test_dual_sqlite_json_increments_end_exact_without_store_busy(tmp_path: Path
     with open_store(config) as store:
         counter = store.sessions.get("counter")
     assert counter is not None and counter.label == "200"
+
+
+def test_both_cutover_phases_at_once_take_the_locks_in_one_order(tmp_path: Path) -> None:
+    """Phase 2 and phase 3 processes during the switch: both sides stay equal, nobody times out."""
+    base: dict[str, Any] = {
+        "backend": "dual",
+        "data_dir": str(tmp_path / "data"),
+        "lock_timeout_s": 5,
+    }
+    phase2 = {**base, "dual": {"primary": "json", "secondary": "sqlite"}}
+    phase3 = {**base, "dual": {"primary": "sqlite", "secondary": "json"}}
+    with open_store(phase2) as store:
+        store.sessions.register("counter", label="0")
+    workers = [Worker("increment", phase2 if n % 2 else phase3, str(n), 25) for n in range(8)]
+    start_together(workers)
+    for worker in workers:
+        worker.finish()
+    for config in (phase2, phase3):  # each side holds every increment
+        with open_store(config) as store:
+            counter = store.sessions.get("counter")
+            assert counter is not None and counter.label == "200"
+            assert store.mismatches == 0

@@ -325,13 +325,29 @@ def detail(text: str) -> tuple[str, Any]:
 # --------------------------------------------------------------------------- sessions
 
 
-SESSION_FIELDS: Final = ("ppid", "pid", "start_time", "cwd", "label", "notify", "state")
+# What SessionRegistry.update may set (registry.models.UPDATABLE_FIELDS) has an option each;
+# the transport is built from --transport and --detail, and these three always hold a value.
+NOT_CLEARABLE: Final = ("notify", "transport", "state")
+
+
+def session_fields() -> tuple[str, ...]:
+    """The updatable fields with an option of their own (all but the transport)."""
+    from registry.models import UPDATABLE_FIELDS
+
+    return tuple(name for name in UPDATABLE_FIELDS if name != "transport")
+
+
+def clearable_fields() -> tuple[str, ...]:
+    """The updatable fields ``--clear`` may set to None."""
+    from registry.models import UPDATABLE_FIELDS
+
+    return tuple(name for name in UPDATABLE_FIELDS if name not in NOT_CLEARABLE)
 
 
 def session_changes(args: argparse.Namespace) -> dict[str, Any]:
     from registry.models import Transport
 
-    changes = {name: getattr(args, name) for name in SESSION_FIELDS}
+    changes = {name: getattr(args, name) for name in session_fields()}
     changes = {name: value for name, value in changes.items() if value is not None}
     if args.transport is not None or args.detail:
         changes["transport"] = Transport(
@@ -729,6 +745,10 @@ def _version() -> str:
 def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     import argparse
 
+    from registry.defaults import BACKEND_NAMES
+    from registry.hook import EVENTS
+    from registry.validation import STATES, TRANSPORT_KINDS
+
     class Parser(argparse.ArgumentParser):
         """argparse with "did you mean ...?" for a mistyped choice, and JSON errors."""
 
@@ -759,9 +779,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--config", metavar="PATH", help="a TOML file with a [store] table")
     parser.add_argument("--data-dir", metavar="DIR", help="the data directory (as $CCR_DATA_DIR)")
-    parser.add_argument(
-        "--backend", choices=("json", "sqlite", "dual"), help="override the configured backend"
-    )
+    parser.add_argument("--backend", choices=BACKEND_NAMES, help="override the configured backend")
     json_help = 'print one JSON document (errors too: {"error": ..., "code": ...})'
     parser.add_argument("--json", action="store_true", help=json_help)
     output = Parser(add_help=False)
@@ -776,7 +794,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     )
     hook.add_argument(
         "event",
-        choices=("session-start", "session-end", "heartbeat"),
+        choices=EVENTS,
         metavar="EVENT",
         help="session-start: register the session (again); heartbeat: touch it, or register "
         "it if unknown; session-end: remove it and its tokens",
@@ -820,10 +838,10 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
             default=None,
             help="send Telegram notifications for this session",
         )
-        edit.add_argument("--state", choices=("running", "stopped"), help="the session's state")
+        edit.add_argument("--state", choices=STATES, help="the session's state")
         edit.add_argument(
             "--transport",
-            choices=("nvim", "tmux", "pty", "unknown"),
+            choices=TRANSPORT_KINDS,
             help="how to reach the agent's terminal",
         )
         edit.add_argument(
@@ -839,7 +857,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
                 "--clear",
                 action="append",
                 default=[],
-                choices=("ppid", "pid", "start_time", "cwd", "label"),
+                choices=clearable_fields(),
                 help="set a field to none (repeatable)",
             )
         edit.set_defaults(func=func)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
+from registry import defaults
 from registry.errors import ConfigError
 from registry.validation import shown
 
@@ -23,11 +24,17 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKEND_NAMES", "CONFIG_FILE_NAME", "DualConfig", "StoreConfig", "default_data_dir"]
 
-BACKEND_NAMES: Final = ("json", "sqlite", "dual")
-SIDE_NAMES: Final = ("json", "sqlite")
-CONFIG_FILE_NAME: Final = "ccr-registry.toml"
-ENV_CONFIG: Final = "CCR_REGISTRY_CONFIG"
-ENV_DATA_DIR: Final = "CCR_DATA_DIR"
+# Spelled once, in registry.defaults (the hook reads them there without importing this module).
+# The names are not checked here: registry.factory is the one place that refuses a backend it
+# does not have, naming the ones it has.
+BACKEND_NAMES: Final = defaults.BACKEND_NAMES
+SIDE_NAMES: Final = defaults.SIDE_NAMES
+CONFIG_FILE_NAME: Final = defaults.CONFIG_FILE_NAME
+ENV_CONFIG: Final = defaults.ENV_CONFIG
+ENV_DATA_DIR: Final = defaults.ENV_DATA_DIR
+# ``StoreConfig.source`` of a config that was not read from a file.
+SOURCE_DEFAULTS: Final = "defaults"
+SOURCE_MAPPING: Final = "mapping"
 STORE_KEYS: Final = (
     "backend",
     "data_dir",
@@ -55,15 +62,14 @@ _RANGE_TEXT: Final = {
 
 def default_data_dir() -> Path:
     """``$CCR_DATA_DIR`` if set, else ``~/.ccr``."""
-    return Path(os.environ.get(ENV_DATA_DIR) or "~/.ccr").expanduser()
+    return Path(os.environ.get(ENV_DATA_DIR) or defaults.DATA_DIR).expanduser()
 
 
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(
-            f"{name} = {shown(value)} is not valid; choose one of: {', '.join(choices)}"
-        )
-    return str(value)
+def _name(name: str, value: object) -> str:
+    # Only the form: whether a backend of that name exists is the factory's question.
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} = {shown(value)} is not valid: a backend name is a string")
+    return value
 
 
 def _number(name: str, value: object, valid: tuple[float, float]) -> float:
@@ -153,13 +159,13 @@ class DualConfig(_Frozen):
     def __init__(
         self,
         *,
-        primary: str = "json",
-        secondary: str = "sqlite",
-        compare_reads: bool = True,
-        strict: bool = False,
+        primary: str = defaults.DUAL_PRIMARY,
+        secondary: str = defaults.DUAL_SECONDARY,
+        compare_reads: bool = defaults.DUAL_COMPARE_READS,
+        strict: bool = defaults.DUAL_STRICT,
     ) -> None:
-        _choice("store.dual.primary", primary, SIDE_NAMES)
-        _choice("store.dual.secondary", secondary, SIDE_NAMES)
+        _name("store.dual.primary", primary)
+        _name("store.dual.secondary", secondary)
         if primary == secondary:
             raise ConfigError("store.dual.primary and store.dual.secondary must differ")
         self._set(
@@ -201,21 +207,21 @@ class StoreConfig(_Frozen):
     def __init__(
         self,
         *,
-        backend: str = "sqlite",
+        backend: str = defaults.BACKEND,
         data_dir: Path | None = None,
         sqlite_path: Path | None = None,
-        session_ttl_hours: float = 24.0,
-        token_ttl_hours: float = 24.0,
-        lock_timeout_s: float = 10.0,
-        migrate_from_json: bool = True,
+        session_ttl_hours: float = defaults.SESSION_TTL_HOURS,
+        token_ttl_hours: float = defaults.TOKEN_TTL_HOURS,
+        lock_timeout_s: float = defaults.LOCK_TIMEOUT_S,
+        migrate_from_json: bool = defaults.MIGRATE_FROM_JSON,
         dual: DualConfig | None = None,
-        source: str = "defaults",
+        source: str = SOURCE_DEFAULTS,
         explicit: frozenset[str] = frozenset(),
     ) -> None:
         if dual is not None and not isinstance(dual, DualConfig):
             raise ConfigError("store.dual must be a DualConfig")
         self._set(
-            backend=_choice("store.backend", backend, BACKEND_NAMES),
+            backend=_name("store.backend", backend),
             data_dir=_checked_path(
                 "store.data_dir", default_data_dir() if data_dir is None else data_dir
             ),
@@ -242,7 +248,20 @@ class StoreConfig(_Frozen):
     @property
     def db_path(self) -> Path:
         """The sqlite database: ``sqlite_path``, or ``data_dir/ccr.db``."""
-        return self.sqlite_path if self.sqlite_path is not None else self.data_dir / "ccr.db"
+        if self.sqlite_path is not None:
+            return self.sqlite_path
+        return self.data_dir / defaults.DB_FILE_NAME
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A :class:`ConfigError` about ``key``, led by the file's path if the file set it.
+
+        For checks made after reading (the factory's backend names), so that the message
+        names the file to fix, as one raised while reading does.
+        """
+        from_file = self.source not in (SOURCE_DEFAULTS, SOURCE_MAPPING)
+        if from_file and key in self.explicit:
+            return ConfigError(f"{self.source}: {message}")
+        return ConfigError(message)
 
     @property
     def session_ttl(self) -> timedelta:
@@ -256,12 +275,18 @@ class StoreConfig(_Frozen):
 
     @classmethod
     def from_mapping(
-        cls, mapping: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "mapping"
+        cls,
+        mapping: Mapping[str, Any],
+        *,
+        base_dir: Path | None = None,
+        source: str = SOURCE_MAPPING,
     ) -> StoreConfig:
         """A config from a mapping shaped like the ``[store]`` table.
 
         Relative paths are relative to ``base_dir`` (default: the current directory).
-        :raises ConfigError: for an unknown key or backend, or a bad value, naming the choices.
+        :raises ConfigError: for an unknown key or a bad value, naming the choices (a backend
+            name is only checked to be a string here; :func:`registry.factory.open_store`
+            refuses one it does not have).
         """
         if not isinstance(mapping, Mapping):
             raise ConfigError(f"[store] must be a table, got {type(mapping).__name__}")

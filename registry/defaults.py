@@ -1,8 +1,9 @@
-"""The configuration's defaults and file names as plain constants.
+"""The configuration's defaults, file names and backend names as plain constants.
 
-:mod:`registry.config` gives ``StoreConfig`` these defaults, and the hook's fast path
-(:mod:`registry.hook`) reads them without importing the config module (which imports pathlib and
-datetime) or anything else: this module imports nothing.
+The one place each is spelled: :mod:`registry.config` gives ``StoreConfig`` these defaults,
+:mod:`registry.factory` keys its backends by :data:`BACKEND_NAMES`, the command line offers them
+as choices, and the hook's fast path (:mod:`registry.hook`) reads them without importing the
+config module (which imports pathlib and datetime) or anything else: this module imports nothing.
 """
 
 CONFIG_FILE_NAME = "ccr-registry.toml"
@@ -10,8 +11,16 @@ ENV_CONFIG = "CCR_REGISTRY_CONFIG"
 ENV_DATA_DIR = "CCR_DATA_DIR"
 DATA_DIR = "~/.ccr"
 DB_FILE_NAME = "ccr.db"
+# The built-in backends, in the order error messages and ``--help`` list them. A dual store's
+# two sides are any two different ones of SIDE_NAMES.
+BACKEND_NAMES = ("json", "sqlite", "dual")
+SIDE_NAMES = ("json", "sqlite")
 BACKEND = "sqlite"
 SESSION_TTL_HOURS = 24.0
 TOKEN_TTL_HOURS = 24.0
 LOCK_TIMEOUT_S = 10.0
 MIGRATE_FROM_JSON = True
+DUAL_PRIMARY = "json"
+DUAL_SECONDARY = "sqlite"
+DUAL_COMPARE_READS = True
+DUAL_STRICT = False

@@ -11,6 +11,7 @@ from typing import Final
 import attrs
 import filelock
 
+from registry.backends.json_file import LOCK_FILE, SESSIONS_FILE, TOKENS_FILE
 from registry.config import StoreConfig
 
 __all__ = ["Check", "run_checks"]
@@ -111,7 +112,7 @@ def _legacy_checks(data_dir: Path) -> list[Check]:
 
     checks = []
     present = False
-    for name in ("claude-sessions.json", "claude-tokens.json"):
+    for name in (SESSIONS_FILE, TOKENS_FILE):
         path = data_dir / name
         if path.exists():
             present = True
@@ -258,7 +259,7 @@ def _dual_check(config: StoreConfig) -> Check:
 
 
 def _json_lock_check(data_dir: Path) -> Check:
-    path = data_dir / ".ccr-registry.lock"
+    path = data_dir / LOCK_FILE
     if not path.exists():
         return Check("json lock", "ok", "free")
     lock = filelock.FileLock(path, timeout=0)

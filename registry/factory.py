@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from registry import defaults
 from registry.backends._base import BaseStore, Clock
-from registry.config import BACKEND_NAMES, StoreConfig
-from registry.errors import ConfigError, RegistryError
+from registry.config import StoreConfig
+from registry.errors import RegistryError
+from registry.validation import shown
 
 if TYPE_CHECKING:
     from registry.protocols import Store
@@ -112,12 +114,34 @@ def _absolute(config: StoreConfig) -> StoreConfig:
     return config.replace(**changes) if changes else config
 
 
-# Backends are imported when opened, so a hook that uses one never imports the other.
-BACKENDS: dict[str, Callable[[StoreConfig, Clock], BaseStore]] = {
-    "json": _open_json,
-    "sqlite": _open_sqlite,
-    "dual": _open_dual,
-}
+# Backends are imported when opened, so a hook that uses one never imports the other. Keyed
+# by the names of registry.defaults, which the command line and the hook offer as choices.
+BACKENDS: dict[str, Callable[[StoreConfig, Clock], BaseStore]] = dict(
+    zip(defaults.BACKEND_NAMES, (_open_json, _open_sqlite, _open_dual), strict=True)
+)
+# The backends a dual store can have as a side: every one but dual itself.
+SIDES: tuple[str, ...] = defaults.SIDE_NAMES
+
+
+def _opener(config: StoreConfig) -> Callable[[StoreConfig, Clock], BaseStore]:
+    """The opener of ``config.backend``; the one check of backend names (dual's sides too).
+
+    The config module accepts any name, so that this is the one place that knows which
+    backends exist. Both sides of a dual table are checked whatever the backend, as a typo
+    there should not wait for the day the backend is switched to dual.
+    :raises ConfigError: naming the bad value, the valid names, and the file it came from.
+    """
+    checks = (
+        ("backend", "store.backend", config.backend, tuple(BACKENDS)),
+        ("dual.primary", "store.dual.primary", config.dual.primary, SIDES),
+        ("dual.secondary", "store.dual.secondary", config.dual.secondary, SIDES),
+    )
+    for key, name, value, choices in checks:
+        if value not in choices:
+            raise config.error(
+                key, f"{name} = {shown(value)} is not valid; choose one of: {', '.join(choices)}"
+            )
+    return BACKENDS[config.backend]
 
 
 def open_store(
@@ -131,15 +155,7 @@ def open_store(
     :raises ConfigError: for an unknown backend or key, naming the valid choices.
     """
     resolved = _absolute(StoreConfig.resolve(config))
-    opener = BACKENDS.get(resolved.backend)
-    if opener is None:
-        raise ConfigError(
-            f"backend {resolved.backend!r} is not available; choose one of: {', '.join(BACKENDS)}"
-        )
-    return opener(resolved, clock or system_clock)
-
-
-assert set(BACKENDS) <= set(BACKEND_NAMES)
+    return _opener(resolved)(resolved, clock or system_clock)
 
 
 def store_exists(config: StoreConfig) -> bool:
@@ -148,7 +164,9 @@ def store_exists(config: StoreConfig) -> bool:
     A command that only reads asks this first: opening a store creates the data directory and
     the database, and may import the legacy files (SPEC 6). sqlite needs its database file; json
     its data directory (missing files are an empty store); dual both of its sides.
+    :raises ConfigError: for an unknown backend, as :func:`open_store` would.
     """
+    _opener(config)
     if config.backend == "json":
         return config.data_dir.is_dir()
     if config.backend == "sqlite":

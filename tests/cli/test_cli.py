@@ -332,3 +332,41 @@ def test_a_token_starting_with_a_dash_is_passed_after_double_dash(run: Run, tmp_
     done = run("--json", "tokens", "validate", "--", "-dash-first-token", "5")
     assert done.returncode == 0 and json.loads(done.stdout)["valid"] is True
     assert run("tokens", "revoke", "--", "-dash-first-token").returncode == 0
+
+
+# --------------------------------------------------------------------------- one spelling
+
+
+def test_the_choices_are_the_librarys_names(run: Run) -> None:
+    """Backends, events, states, transport kinds and clearable fields come from the library."""
+    from registry.defaults import BACKEND_NAMES
+    from registry.hook import EVENTS
+    from registry.models import UPDATABLE_FIELDS
+    from registry.validation import STATES, TRANSPORT_KINDS
+
+    def choices(*args: str) -> str:
+        done = run(*args, "--help")
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.split())
+
+    assert "--backend {" + ",".join(BACKEND_NAMES) + "}" in choices()
+    hook = choices("hook")
+    assert all(event in hook for event in EVENTS)
+    update = choices("sessions", "update")
+    assert "--state {" + ",".join(STATES) + "}" in update
+    assert "--transport {" + ",".join(TRANSPORT_KINDS) + "}" in update
+    clearable = [f for f in UPDATABLE_FIELDS if f not in ("notify", "transport", "state")]
+    assert "--clear {" + ",".join(clearable) + "}" in update
+
+
+def test_an_unknown_backend_in_a_config_file_is_refused_naming_the_file(
+    run: Run, tmp_path: Path
+) -> None:
+    config = tmp_path / "odd.toml"
+    config.write_text(f'[store]\nbackend = "postgres"\ndata_dir = "{tmp_path / "d"}"\n')
+    for args in (("sessions", "list"), ("sessions", "register", "s1")):
+        done = run("--config", str(config), *args)
+        assert done.returncode == 2
+        assert f"{config}: store.backend = 'postgres' is not valid" in done.stderr
+        assert "choose one of: json, sqlite, dual" in done.stderr
+    assert not (tmp_path / "d").exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from registry import ConfigError, StoreConfig, open_store
-from registry.config import BACKEND_NAMES
-from registry.factory import BACKENDS
+from registry.config import BACKEND_NAMES, DualConfig
+from registry.factory import BACKENDS, store_exists
 from tests.conftest import UNPRINTABLE_INT
 
 
@@ -260,3 +260,50 @@ def test_replace_validates_like_the_constructor() -> None:
 def test_a_nul_byte_in_the_config_file_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="NUL"):
         open_store(str(tmp_path / "c\x00.toml"))
+
+
+# --------------------------------------------------------------------------- backend names
+
+
+def test_config_takes_any_backend_name_and_the_factory_refuses_an_unknown_one(
+    tmp_path: Path,
+) -> None:
+    # The one check is the factory's: the config only reads the name.
+    for config in (
+        StoreConfig(backend="postgres", data_dir=tmp_path),
+        StoreConfig(data_dir=tmp_path, dual=DualConfig(primary="redis", secondary="json")),
+        StoreConfig(data_dir=tmp_path, dual=DualConfig(primary="sqlite", secondary="dual")),
+    ):
+        with pytest.raises(ConfigError, match="is not valid; choose one of: json, sqlite"):
+            open_store(config)
+        with pytest.raises(ConfigError, match="is not valid; choose one of: json, sqlite"):
+            store_exists(config)
+    assert not any(tmp_path.iterdir())  # refused before anything was created
+
+
+def test_a_backend_name_is_refused_naming_the_file_only_when_the_file_gave_it(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "named-config.toml"
+    file.write_text('[store]\nbackend = "postgres"\n')
+    config = StoreConfig.from_toml(file)
+    assert config.backend == "postgres"
+    with pytest.raises(ConfigError, match=r"^.*named-config\.toml: store\.backend = 'postgres'"):
+        open_store(config)
+    file.write_text("[store]\nlock_timeout_s = 5\n")
+    renamed = StoreConfig.from_toml(file).replace(backend="redis")
+    with pytest.raises(ConfigError, match=r"^store\.backend = 'redis' is not valid"):
+        open_store(renamed)
+
+
+def test_config_defaults_are_read_from_the_defaults_module() -> None:
+    import inspect
+
+    from registry import defaults
+
+    signature = inspect.signature(StoreConfig)
+    assert signature.parameters["backend"].default is defaults.BACKEND
+    assert signature.parameters["session_ttl_hours"].default is defaults.SESSION_TTL_HOURS
+    assert signature.parameters["lock_timeout_s"].default is defaults.LOCK_TIMEOUT_S
+    assert BACKEND_NAMES is defaults.BACKEND_NAMES
+    assert tuple(BACKENDS) == defaults.BACKEND_NAMES

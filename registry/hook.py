@@ -21,6 +21,7 @@ import os
 import sys
 
 from registry import defaults
+from registry.validation import is_utf8, to_utf8
 
 # Imported for annotations only: importing typing costs a hook process measurable start-up.
 TYPE_CHECKING = False
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
     from registry.protocols import Store
 
 PROG: Final = "ccr-registry"
+# The command line's choices for EVENT (registry.cli offers these).
 EVENTS: Final = ("session-start", "session-end", "heartbeat")
-BACKEND_NAMES: Final = ("json", "sqlite", "dual")
 # Options of the top-level parser that take a value, and the one flag a hook accepts and ignores.
 VALUE_OPTIONS: Final = ("--data-dir", "--config", "--backend")
 FLAG_OPTIONS: Final = ("--json",)
@@ -108,8 +109,9 @@ def parse(argv: list[str]) -> Options:
             setattr(options, name[2:].replace("-", "_"), value)
         elif word not in FLAG_OPTIONS:
             raise HookUsage(f"unknown option {word!r}")
-    if options.backend is not None and options.backend not in BACKEND_NAMES:
-        raise HookUsage(f"--backend {options.backend!r}: choose one of {', '.join(BACKEND_NAMES)}")
+    names = defaults.BACKEND_NAMES
+    if options.backend is not None and options.backend not in names:
+        raise HookUsage(f"--backend {options.backend!r}: choose one of {', '.join(names)}")
     for word in words:
         if word in ("--notify", "--no-notify"):
             options.notify = word == "--notify"
@@ -398,9 +400,9 @@ def hook_session(
     agent = find_agent()
     given = data.get("cwd")
     cwd: str | None = given if isinstance(given, str) and given else _getcwd()
-    if cwd is not None and not _is_utf8(cwd):
+    if cwd is not None and not is_utf8(cwd):
         warnings.append("cwd is not valid UTF-8; stored with U+FFFD in place of the bad bytes")
-        cwd = _to_utf8(cwd)
+        cwd = to_utf8(cwd)
     cwd = check_text("cwd", cwd)
     kind, details = transport_from_env(agent_tty(agent), warnings)
     return {
@@ -427,28 +429,10 @@ def _label(cwd: str) -> str:
     return os.path.basename(cwd.rstrip("/")) or cwd
 
 
-def _is_utf8(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _to_utf8(value: str) -> str:
-    # os.environ and os.getcwd() keep a byte that is not UTF-8 as a lone surrogate
-    # (surrogateescape); recover the byte, then let the decoder mark it with U+FFFD.
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
-
-
 def _environ(name: str, warnings: list[str]) -> str | None:
     """An environment variable usable as stored text, else None (with a warning)."""
     value = os.environ.get(name)
-    if value and not _is_utf8(value):
+    if value and not is_utf8(value):
         # A socket path or pane id with a replaced byte would name something else: drop it.
         warnings.append(f"${name} is not valid UTF-8; not recorded")
         return None
@@ -596,7 +580,7 @@ def _tmux_session(pane: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     name = done.stdout.strip()
-    return name if done.returncode == 0 and name and _is_utf8(name) else None
+    return name if done.returncode == 0 and name and is_utf8(name) else None
 
 
 def transport_from_env(tty: str | None, warnings: list[str]) -> tuple[str, dict[str, Any]]:
@@ -604,7 +588,7 @@ def transport_from_env(tty: str | None, warnings: list[str]) -> tuple[str, dict[
     else the caller's pty, else unknown. A value that is not valid UTF-8 is left out."""
     pane = _environ("TMUX_PANE", warnings)
     in_tmux = bool(os.environ.get("TMUX") or os.environ.get("TMUX_PANE"))
-    if tty is not None and not _is_utf8(tty):
+    if tty is not None and not is_utf8(tty):
         tty = None
     details: dict[str, Any] = {}
     nvim = _environ("NVIM", warnings)

@@ -321,3 +321,12 @@ def test_the_start_time_is_what_the_backends_readers_expect(
         agent.stdin.close()
         agent.wait(timeout=30)
     assert not is_process_alive(pid, session.start_time)
+
+
+def test_the_hook_repairs_text_by_the_one_utf8_rule() -> None:
+    """The hook keeps no copy of the UTF-8 rule: registry.validation's is the one."""
+    from registry import hook, validation
+
+    assert hook.is_utf8 is validation.is_utf8
+    assert hook.to_utf8 is validation.to_utf8
+    assert not hasattr(hook, "_is_utf8") and not hasattr(hook, "_to_utf8")

@@ -587,6 +587,17 @@ class JsonStore(BaseStore):
 
     # ----------------------------------------------------------------- whole-store operations
 
+    def snapshot(self) -> tuple[list[Session], list[Token]]:
+        """Every session and token a read shows, read under the lock as one unit.
+
+        Records come in file order (the order the legacy files keep them, as the sqlite
+        snapshot keeps insertion order); tokens whose session is gone and records that cannot
+        be understood are left out, as every read leaves them out.
+        """
+        with self._reading():
+            state = self._state()
+            return list(state.sessions.values()), list(state.tokens.values())
+
     def replace_contents(self, sessions: list[Session], tokens: list[Token]) -> None:
         """Make both files show exactly these records, as one all-or-nothing unit (the export).
 

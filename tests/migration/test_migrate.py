@@ -256,3 +256,75 @@ def test_import_killed_at_random_moments_never_blocks_the_next_start(tmp_path: P
     conn.close()
     leftovers = [p.name for p in data.iterdir() if ".import-" in p.name]
     assert leftovers == []
+
+
+# --------------------------------------------------------------------------- json snapshot
+
+
+def test_the_json_snapshot_is_what_the_reads_show_in_file_order(tmp_path: Path) -> None:
+    from registry.backends.json_file import JsonStore
+
+    write_legacy(
+        tmp_path,
+        {
+            "sessions": {
+                "b": session_record("b", label="first in the file"),
+                "a": session_record("a"),
+            }
+        },
+        {
+            key: {
+                "token": key,
+                "session_id": sid,
+                "chat_id": 1,
+                "created_at": 1770600000000,
+                "expires_at": 1770686400000,
+            }
+            for key, sid in (("t-orphan", "gone"), ("t-b", "b"))
+        },
+    )
+    with open_store({"backend": "json", "data_dir": str(tmp_path)}) as store:
+        assert isinstance(store, JsonStore)
+        sessions, tokens = store.snapshot()
+        assert [s.session_id for s in sessions] == ["b", "a"]  # as the file keeps them
+        assert sessions == [store.sessions.get("b"), store.sessions.get("a")]
+        # The orphan token is hidden from the snapshot as from every read.
+        assert tokens == store.tokens.tokens_for_session("b")
+        assert [t.token for t in tokens] == ["t-b"]
+
+
+def test_diff_reads_a_json_store_whole_not_once_per_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry.backends.json_file import JsonStore
+
+    json_dir = tmp_path / "json"
+    with open_store({"backend": "json", "data_dir": str(json_dir)}) as store, store.atomic():
+        for i in range(30):
+            store.sessions.register(f"s{i:02d}", ppid=1000 + i)
+            store.tokens.store_token(f"token-{i:02d}", f"s{i:02d}", i)
+    import_json(json_dir, tmp_path / "ccr.db")
+    snapshots = []
+    original = JsonStore.snapshot
+
+    def counted(self: JsonStore) -> Any:
+        snapshots.append(self)
+        return original(self)
+
+    def per_session(*_args: object, **_kwargs: object) -> Any:
+        raise AssertionError("diff_stores listed a json store's tokens session by session")
+
+    monkeypatch.setattr(JsonStore, "snapshot", counted)
+    monkeypatch.setattr(JsonStore, "tokens_for_session", per_session, raising=False)
+    with (
+        open_store({"backend": "json", "data_dir": str(json_dir)}) as json_store,
+        open_sqlite(tmp_path / "ccr.db") as sqlite_store,
+    ):
+        assert diff_stores(json_store, sqlite_store) == []
+        json_store.sessions.update("s07", label="changed")
+        differences = diff_stores(json_store, sqlite_store)
+    assert [(d.kind, d.key, d.field) for d in differences] == [
+        ("session", "s07", "label"),
+        ("session", "s07", "updated_at"),
+    ]
+    assert len(snapshots) == 2

@@ -1,11 +1,15 @@
 """Whole-process cost of a Claude Code hook: `ccr-registry hook session-start` vs `python -c pass`.
 
-    python bench/hook_startup.py [--runs 40] [--sessions 1000]
+    python bench/hook_startup.py [--runs 40] [--sessions 1000] [--pip-arg=--no-index ...]
 
-Runs each command many times against an sqlite store that already holds --sessions sessions,
-and prints the median and p90 wall time of each and the ratio to a bare interpreter. It also
-times the imports a hook cannot avoid, to show where the time goes: `registry.cli` (what the
-console script imports first) and `registry.hook` (what it then hands a hook to).
+Measured as users run it: the project is installed with ``pip install`` (not editable: an
+editable install adds an import hook to every start) into a new virtual environment, and its
+real ``ccr-registry`` console script is timed. Runs each command many times against an sqlite
+store that already holds --sessions sessions, and prints the median and p90 wall time of each
+and the ratio to a bare interpreter of that environment. It also times the imports a hook
+cannot avoid, to show where the time goes: `registry.cli` (what the console script imports
+first) and `registry.hook` (what it then hands a hook to). ``bench/run.py`` calls
+:func:`clean_install` and :func:`measure` for its hook target.
 """
 
 from __future__ import annotations
@@ -13,14 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-SCRIPT = Path(sys.executable).parent / "ccr-registry"
+ROOT = Path(__file__).resolve().parents[1]
+# What `pip install` needs of the project (pyproject.toml names the readme); copied so that the
+# build's egg-info and build directories land in a temporary directory, not in the checkout.
+SOURCE_FILES = ("pyproject.toml", "README.md", "registry")
+BARE = "python -c pass"
+HOOK = "ccr-registry hook session-start"
 
 # The least any Python hook of this design does: parse its arguments and the JSON on stdin,
 # resolve a path, and upsert one row in a WAL database. No ccr-registry code at all.
@@ -57,53 +68,95 @@ def describe(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.9) - 1] * 1000
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without what would make the clean install import another copy."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # As installed for real, modules load from bytecode: let the warm-up run write it (an
+    # environment with PYTHONDONTWRITEBYTECODE would otherwise recompile on every run).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return {**env, **extra}
+
+
+def clean_install(where: Path, pip_args: Sequence[str] = ()) -> Path:
+    """Install this checkout with ``pip install`` (not editable) into a new venv at ``where``.
+
+    Returns the venv's ``bin`` directory. The dependencies come from the index (or whatever
+    ``pip_args`` say, e.g. ``--no-index --find-links DIR`` offline).
+    """
+    source = where / "source"
+    source.mkdir(parents=True)
+    for name in SOURCE_FILES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(
+                ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         *pip_args, str(source)],
+        check=True, env=clean_env(),
+    )  # fmt: skip
+    shutil.rmtree(source)  # nothing can import the copy by accident
+    where_from = subprocess.run(
+        [str(python), "-c", "import registry; print(registry.__file__)"],
+        check=True, capture_output=True, text=True, cwd=where, env=clean_env(),
+    ).stdout.strip()  # fmt: skip
+    if not where_from.startswith(str(venv)):
+        raise RuntimeError(f"the clean install imports registry from {where_from}")
+    return venv / "bin"
+
+
+def measure(bin_dir: Path, runs: int, sessions: int) -> dict[str, tuple[float, float]]:
+    """``{command: (median ms, p90 ms)}`` of every row below, run with ``bin_dir``'s python."""
+    from registry import open_store
+
+    python = str(bin_dir / "python")
+    script = str(bin_dir / "ccr-registry")
+    with tempfile.TemporaryDirectory() as root:
+        env = clean_env(CCR_DATA_DIR=root)
+        env.pop("CCR_REGISTRY_CONFIG", None)
+        with open_store({"backend": "sqlite", "data_dir": root}) as store, store.atomic():
+            for i in range(sessions):
+                store.sessions.register(f"existing-{i}", ppid=10_000 + i, cwd=f"/w/{i}")
+        payload = json.dumps({"session_id": "bench", "cwd": "/w/bench"}).encode()
+        rows = [
+            (BARE, [python, "-c", "pass"], b""),
+            ("python -c 'import attrs'", [python, "-c", "import attrs"], b""),
+            ("python -c 'import registry.cli'", [python, "-c", "import registry.cli"], b""),
+            ("python -c 'import registry.hook'", [python, "-c", "import registry.hook"], b""),
+            (
+                "floor: stdlib imports + one write",
+                [python, "-c", FLOOR, str(Path(root) / "ccr.db")],
+                payload,
+            ),
+            (HOOK, [script, "hook", "session-start"], payload),
+            ("ccr-registry hook session-end", [script, "hook", "session-end"], payload),
+        ]
+        results = {
+            name: describe(timed(cmd, runs, stdin=data, env=env)) for name, cmd, data in rows
+        }
+        with open_store({"backend": "sqlite", "data_dir": root}) as store:
+            # start then end leave nothing behind; the floor script adds its one row
+            assert len(store.sessions.list_sessions()) == sessions + 1
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--pip-arg", action="append", default=[], help="passed to pip install")
     args = parser.parse_args()
-    from registry import open_store
-
-    with tempfile.TemporaryDirectory() as root:
-        env = {**os.environ, "CCR_DATA_DIR": root}
-        env.pop("CCR_REGISTRY_CONFIG", None)
-        # As installed for real, modules load from bytecode: let the warm-up run write it (an
-        # environment with PYTHONDONTWRITEBYTECODE would otherwise recompile on every run).
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        with open_store({"backend": "sqlite", "data_dir": root}) as store, store.atomic():
-            for i in range(args.sessions):
-                store.sessions.register(f"existing-{i}", ppid=10_000 + i, cwd=f"/w/{i}")
-        payload = json.dumps({"session_id": "bench", "cwd": "/w/bench"}).encode()
-        rows = [
-            ("python -c pass", [sys.executable, "-c", "pass"], b""),
-            ("python -c 'import attrs'", [sys.executable, "-c", "import attrs"], b""),
-            (
-                "python -c 'import registry.cli'",
-                [sys.executable, "-c", "import registry.cli"],
-                b"",
-            ),
-            (
-                "python -c 'import registry.hook'",
-                [sys.executable, "-c", "import registry.hook"],
-                b"",
-            ),
-            (
-                "floor: stdlib imports + one write",
-                [sys.executable, "-c", FLOOR, str(Path(root) / "ccr.db")],
-                payload,
-            ),
-            ("ccr-registry hook session-start", [str(SCRIPT), "hook", "session-start"], payload),
-            ("ccr-registry hook session-end", [str(SCRIPT), "hook", "session-end"], payload),
-        ]
-        results = {
-            name: describe(timed(cmd, args.runs, stdin=data, env=env)) for name, cmd, data in rows
-        }
-        with open_store({"backend": "sqlite", "data_dir": root}) as store:
-            # start then end leave nothing behind; the floor script adds its one row
-            assert len(store.sessions.list_sessions()) == args.sessions + 1
-    bare = results["python -c pass"][0]
+    with tempfile.TemporaryDirectory(prefix="ccr-hook-") as where:
+        results = measure(clean_install(Path(where), args.pip_arg), args.runs, args.sessions)
+    bare = results[BARE][0]
     print(
-        f"{args.runs} runs each, store of {args.sessions} sessions, Python {sys.version.split()[0]}"
+        f"{args.runs} runs each, store of {args.sessions} sessions, "
+        f"Python {sys.version.split()[0]}, clean (non-editable) install"
     )
     print(f"{'command':<36} {'median ms':>10} {'p90 ms':>8} {'x bare':>7}")
     for name, (median, p90) in results.items():

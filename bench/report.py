@@ -25,92 +25,78 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+# Issue 11's targets: (label, op, at most this ratio of ours to the floor, at the same size).
+RATIO_TARGETS = [
+    ("get", "get", 1.3),
+    ("validate", "validate", 1.4),
+    ("mint", "mint", 1.3),
+    ("register (new session)", "register_new", 1.4),
+    ("register (existing session)", "register_existing", 1.4),
+    ("update (the floor reads the row back)", "update", 1.6),
+    ("notify list of ten", "notify_list", 1.6),
+]
+GROWTH_LIMIT = 1.5  # get_by_ppid, smallest to largest store
+THROUGHPUT_FLOOR = 0.7  # 8 processes, of raw's operations per second
+HOOK_LIMIT = 2.6  # a hook process, of a bare `python -c pass`, clean install
+TARGET_SIZE = 1000  # the size the ratio targets are read at (the issue's profile was at 1,000)
+
+
 def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(target, measured, met?, where) for every target of the benchmark issue."""
+    """``(target, sqlite, met?, json)`` for every target of issue 11.
+
+    The sqlite backend is the one measured against the target; the json backend is shown beside
+    it for the same operation (it shares the models, not the storage: its figures are for
+    reading, not for the verdict). A subject missing from the run shows as ``n/a``.
+    """
     sizes = results["sizes"]
-    rows = []
+    size = TARGET_SIZE if TARGET_SIZE in sizes else max(sizes)
+    rows: list[tuple[str, str, str, str]] = []
 
-    def check(name: str, value: float, limit: float, *, at_most: bool = True) -> None:
-        met = value <= limit if at_most else value >= limit
-        rows.append((name, f"{value:.2f}x", "met" if met else "**missed**"))
+    def value(subject: str, compute: Any) -> float | None:
+        try:
+            return float(compute(subject))
+        except (KeyError, ZeroDivisionError):
+            return None
 
-    for size in sizes:
-        check(
-            f"get ≤ 1.5x raw ({size:,})",
-            med(results, "sqlite", size, "get") / med(results, "raw", size, "get"),
-            1.5,
-        )
-    for size in sizes:
-        for op in ("register_new", "register_existing"):
-            check(
-                f"{op} ≤ 1.25x raw ({size:,})",
-                med(results, "sqlite", size, op) / med(results, "raw", size, op),
-                1.25,
-            )
-    for size in sizes:
-        check(
-            f"open+get+close ≤ 2x raw ({size:,})",
-            med(results, "sqlite", size, "open_get_close")
-            / med(results, "raw", size, "open_get_close"),
-            2.0,
+    def row(name: str, compute: Any, limit: float, *, at_most: bool = True) -> None:
+        ours, json_side = value("sqlite", compute), value("json", compute)
+        if ours is None:
+            verdict = "n/a"
+        else:
+            verdict = "met" if (ours <= limit if at_most else ours >= limit) else "**missed**"
+        shown = [f"{v:.2f}x" if v is not None else "n/a" for v in (ours, json_side)]
+        rows.append((name, shown[0], verdict, shown[1]))
+
+    for label, op, limit in RATIO_TARGETS:
+        row(
+            f"{label} ≤ {limit}x raw ({size:,})",
+            lambda n, op=op: med(results, n, size, op) / med(results, "raw", size, op),
+            limit,
         )
     low, high = min(sizes), max(sizes)
-    for op in ("get_by_ppid", "notify_list"):
-        check(
-            f"{op} growth {low:,} → {high:,} ≤ 1.2x",
-            med(results, "sqlite", high, op) / med(results, "sqlite", low, op),
-            1.2,
-        )
+    row(
+        f"get_by_ppid growth {low:,} → {high:,} ≤ {GROWTH_LIMIT}x",
+        lambda n: med(results, n, high, "get_by_ppid") / med(results, n, low, "get_by_ppid"),
+        GROWTH_LIMIT,
+    )
     contention = results["contention"]
-    if "8" in contention.get("sqlite", {}) and "8" in contention.get("raw", {}):
-        ours, raw = contention["sqlite"]["8"], contention["raw"]["8"]
-        check(
-            "8-process throughput ≥ 0.7x raw",
-            ours["throughput"] / raw["throughput"],
-            0.7,
-            at_most=False,
-        )
+    row(
+        f"8-process throughput ≥ {THROUGHPUT_FLOOR}x raw",
+        lambda n: contention[n]["8"]["throughput"] / contention["raw"]["8"]["throughput"],
+        THROUGHPUT_FLOOR,
+        at_most=False,
+    )
+    startup = results.get("hook_startup", {})
+    if startup:
+        from hook_startup import BARE, HOOK
+
+        ratio_ = startup[HOOK]["median_ms"] / startup[BARE]["median_ms"]
+        met = "met" if ratio_ <= HOOK_LIMIT else "**missed**"
         rows.append(
-            (
-                "8-process p99 ≤ 10 ms",
-                f"{ours['p99_ms']:.1f} ms",
-                "met" if ours["p99_ms"] <= 10 else "**missed**",
-            )
-        )
-    if "diskcache" in results["single"]:
-        for size in sizes:
-            behind = [
-                op
-                for op in OPS
-                if med(results, "sqlite", size, op) > med(results, "diskcache", size, op)
-            ]
-            worst = max(
-                OPS,
-                key=lambda op: (
-                    med(results, "sqlite", size, op) / med(results, "diskcache", size, op)
-                ),
-            )
-            value = med(results, "sqlite", size, worst) / med(results, "diskcache", size, worst)
-            rows.append(
-                (
-                    f"every op at or ahead of diskcache ({size:,})",
-                    f"worst: {worst} {value:.2f}x",
-                    "met" if not behind else f"**missed** ({', '.join(behind)})",
-                )
-            )
-    if "legacy" in results["single"] and "json" in results["single"] and 1000 in sizes:
-        slowest = min(
-            OPS, key=lambda op: med(results, "legacy", 1000, op) / med(results, "json", 1000, op)
-        )
-        value = med(results, "legacy", 1000, slowest) / med(results, "json", 1000, slowest)
-        rows.append(
-            (
-                "json ≥ 2x faster than legacy (1,000), every op",
-                f"least: {slowest} {value:.2f}x",
-                "met" if value >= 2 else "**missed**",
-            )
-        )
-    return [(name, value, met, "") for name, value, met in rows]
+            (f"hook process ≤ {HOOK_LIMIT}x `python -c pass` (clean install)", f"{ratio_:.2f}x",
+             met, "n/a (sqlite fast path)")
+        )  # fmt: skip
+    return rows
 
 
 def plots(results: dict[str, Any], folder: Path) -> list[str]:
@@ -183,23 +169,36 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         "## Targets",
         "",
-        "| target | measured | |",
-        "| --- | --- | --- |",
+        "The targets of issue 11, as ratios to the raw floor in this run (the verdict is the sqlite",
+        "backend's; json is shown beside it for the same operation). The floor's update reads the",
+        "row back in its transaction, as `update` returns the updated session. The hook is timed as",
+        "installed by `pip install .` (not editable) into a new virtual environment.",
+        "",
+        "| target | sqlite | | json |",
+        "| --- | --- | --- | --- |",
     ]
-    lines += [f"| {name} | {value} | {met} |" for name, value, met, _ in target_rows(results)]
+    lines += [
+        f"| {name} | {value} | {met} | {js} |" for name, value, met, js in target_rows(results)
+    ]
     lines += ["", "## Single process, median latency", ""]
     for size in sizes:
         lines += [f"### {size:,} sessions", ""]
-        header = "| op | " + " | ".join(names) + " | sqlite / raw | sqlite / diskcache |"
-        lines += [header, "| --- " * (len(names) + 3) + "|"]
+        header = (
+            "| op | " + " | ".join(names) + " | sqlite / raw | json / raw | sqlite / diskcache |"
+        )
+        lines += [header, "| --- " * (len(names) + 4) + "|"]
         for op in OPS:
             cells = [fmt(med(results, n, size, op)) for n in names]
+            floor = med(results, "raw", size, op) if "raw" in names else None
+            vs_raw = [
+                ratio(med(results, n, size, op), floor) if floor and n in names else "n/a"
+                for n in ("sqlite", "json")
+            ]
             ours = med(results, "sqlite", size, op)
-            vs_raw = ratio(ours, med(results, "raw", size, op)) if "raw" in names else "n/a"
             vs_dc = (
                 ratio(ours, med(results, "diskcache", size, op)) if "diskcache" in names else "n/a"
             )
-            lines.append(f"| {op} | " + " | ".join(cells) + f" | {vs_raw} | {vs_dc} |")
+            lines.append(f"| {op} | " + " | ".join(cells) + f" | {' | '.join(vs_raw)} | {vs_dc} |")
         lines.append("")
     lines += [
         f"![latency against store size](img/{images[0]})",
@@ -240,5 +239,26 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             f"| {procs} | {b['bare']:.0f} ms | {b['hook']:.0f} ms | {b['hook'] / b['bare']:.2f}x | "
             f"{int(b['landed'])} of {procs} |"
         )
+    startup = results.get("hook_startup", {})
+    if startup:
+        from hook_startup import BARE
+
+        bare = startup[BARE]["median_ms"]
+        lines += [
+            "",
+            "## One hook process",
+            "",
+            "Each command run 40 times one after another with the clean install's interpreter, on",
+            "a store of 1,000 sessions (`bench/hook_startup.py`); the floor is the standard",
+            "library's imports and one upsert, without any ccr-registry code.",
+            "",
+            "| command | median | p90 | x bare |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| `{name}` | {v['median_ms']:.1f} ms | {v['p90_ms']:.1f} ms | "
+            f"{v['median_ms'] / bare:.2f}x |"
+            for name, v in startup.items()
+        ]
     lines += ["", "## Reading the numbers", "", "See [benchmark-notes.md](benchmark-notes.md).", ""]
     out.write_text("\n".join(lines))

@@ -97,7 +97,7 @@ class Subject:
     def register(self, sid: str, ppid: int, now: int) -> None:
         raise NotImplementedError
 
-    def update(self, sid: str, label: str, now: int) -> None:
+    def update(self, sid: str, label: str, now: int) -> Any:
         raise NotImplementedError
 
     def get_by_ppid(self, ppid: int, now: int) -> Any:
@@ -172,12 +172,18 @@ class Raw(Subject):
         )
         self.conn.execute("COMMIT")
 
-    def update(self, sid: str, label: str, now: int) -> None:
+    def update(self, sid: str, label: str, now: int) -> Any:
+        # Reads the row back in the same transaction, as SessionRegistry.update returns the
+        # updated session: the floor does what the operation promises, in tuples.
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute(
             "UPDATE sessions SET label = ?, updated_at = ? WHERE session_id = ?", (label, now, sid)
         )
+        row = self.conn.execute(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (sid,)
+        ).fetchone()
         self.conn.execute("COMMIT")
+        return row
 
     def get_by_ppid(self, ppid: int, now: int) -> Any:
         return self.conn.execute(
@@ -275,8 +281,8 @@ class Ours(Subject):
     def register(self, sid: str, ppid: int, now: int) -> None:
         self.store.sessions.register(sid, ppid=ppid)
 
-    def update(self, sid: str, label: str, now: int) -> None:
-        self.store.sessions.update(sid, label=label)
+    def update(self, sid: str, label: str, now: int) -> Any:
+        return self.store.sessions.update(sid, label=label)
 
     def get_by_ppid(self, ppid: int, now: int) -> Any:
         return self.store.sessions.get_by_ppid(ppid)

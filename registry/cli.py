@@ -60,10 +60,15 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> StoreConfig:
 
     ``--data-dir D`` acts like ``CCR_DATA_DIR=D``: without ``--config`` or
     ``$CCR_REGISTRY_CONFIG``, ``D/ccr-registry.toml`` is read if it exists.
+    :raises ConfigError: also for a backend name the factory does not have, so that doctor and
+        ``config show`` report it as the commands that open the store do.
     """
+    from registry.factory import check_backends
     from registry.hook import load_config as resolve
 
-    return resolve(args.config, args.data_dir, args.backend, **overrides)
+    config = resolve(args.config, args.data_dir, args.backend, **overrides)
+    check_backends(config)
+    return config
 
 
 def fallback_config(args: argparse.Namespace) -> StoreConfig:

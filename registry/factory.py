@@ -17,7 +17,7 @@ from registry.validation import shown
 if TYPE_CHECKING:
     from registry.protocols import Store
 
-__all__ = ["BACKENDS", "open_store", "system_clock"]
+__all__ = ["BACKENDS", "check_backends", "open_store", "store_exists", "system_clock"]
 
 
 def system_clock() -> datetime:
@@ -123,12 +123,13 @@ BACKENDS: dict[str, Callable[[StoreConfig, Clock], BaseStore]] = dict(
 SIDES: tuple[str, ...] = defaults.SIDE_NAMES
 
 
-def _opener(config: StoreConfig) -> Callable[[StoreConfig, Clock], BaseStore]:
-    """The opener of ``config.backend``; the one check of backend names (dual's sides too).
+def check_backends(config: StoreConfig) -> None:
+    """Refuse a backend this factory does not have: the one check of backend names.
 
     The config module accepts any name, so that this is the one place that knows which
-    backends exist. Both sides of a dual table are checked whatever the backend, as a typo
-    there should not wait for the day the backend is switched to dual.
+    backends exist; :func:`open_store` and :func:`store_exists` call it, and so does the
+    command line once it has read a config. Both sides of a dual table are checked whatever the
+    backend, as a typo there should not wait for the day the backend is switched to dual.
     :raises ConfigError: naming the bad value, the valid names, and the file it came from.
     """
     checks = (
@@ -141,6 +142,10 @@ def _opener(config: StoreConfig) -> Callable[[StoreConfig, Clock], BaseStore]:
             raise config.error(
                 key, f"{name} = {shown(value)} is not valid; choose one of: {', '.join(choices)}"
             )
+
+
+def _opener(config: StoreConfig) -> Callable[[StoreConfig, Clock], BaseStore]:
+    check_backends(config)
     return BACKENDS[config.backend]
 
 
@@ -166,7 +171,7 @@ def store_exists(config: StoreConfig) -> bool:
     its data directory (missing files are an empty store); dual both of its sides.
     :raises ConfigError: for an unknown backend, as :func:`open_store` would.
     """
-    _opener(config)
+    check_backends(config)
     if config.backend == "json":
         return config.data_dir.is_dir()
     if config.backend == "sqlite":

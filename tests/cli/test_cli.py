@@ -369,4 +369,9 @@ def test_an_unknown_backend_in_a_config_file_is_refused_naming_the_file(
         assert done.returncode == 2
         assert f"{config}: store.backend = 'postgres' is not valid" in done.stderr
         assert "choose one of: json, sqlite, dual" in done.stderr
+    # The commands that inspect a config report it too, as a failed check or an error row.
+    for args in (("doctor",), ("config", "show")):
+        done = run("--config", str(config), "--json", *args)
+        assert done.returncode == 1
+        assert f"{config}: store.backend = 'postgres' is not valid" in done.stdout
     assert not (tmp_path / "d").exists()

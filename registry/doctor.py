@@ -184,34 +184,21 @@ def _database_checks(db_path: Path) -> list[Check]:
 
 def _records_check(conn: sqlite3.Connection) -> Check:
     """Every stored record through the model's validators (reads trust the rows; this checks)."""
-    import json
-
-    from registry.backends.sqlite_sql import SESSION_COLUMNS, TOKEN_COLUMNS
+    from registry.backends.sqlite_sql import SESSION_COLUMNS, TOKEN_COLUMNS, decode_checked
     from registry.errors import ValidationError
-    from registry.models import Session, Token, Transport, from_ms
 
     bad: list[str] = []
     count = 0
     for row in conn.execute(f"SELECT {SESSION_COLUMNS} FROM sessions"):
         count += 1
         try:
-            Session(
-                session_id=row[0], ppid=row[1], pid=row[2], start_time=row[3], cwd=row[4],
-                label=row[5], notify=row[6] in (0, 1) and bool(row[6]),
-                transport=Transport(kind=row[7], details=json.loads(row[8])), state=row[9],
-                created_at=from_ms(row[10]), updated_at=from_ms(row[11]),
-                last_seen=from_ms(row[12]), expires_at=from_ms(row[13]),
-            )  # fmt: skip
+            decode_checked("session", row)
         except (ValidationError, ValueError, TypeError) as exc:
             bad.append(f"session {row[0]!r}: {exc}")
     for row in conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens"):
         count += 1
         try:
-            Token(
-                token=row[0], session_id=row[1], chat_id=row[2], scopes=json.loads(row[3]),
-                context=json.loads(row[4]), created_at=from_ms(row[5]),
-                expires_at=from_ms(row[6]),
-            )  # fmt: skip
+            decode_checked("token", row)
         except (ValidationError, ValueError, TypeError) as exc:
             bad.append(f"a token of session {row[1]!r}: {exc}")
     if bad:

@@ -346,7 +346,7 @@ def fast_path(
     import time
 
     from registry.backends import sqlite_sql as sql
-    from registry.validation import check_key, check_notify
+    from registry.validation import check_key
 
     session_id = check_key("session_id", data["session_id"])
     from pathlib import Path  # sqlite_sql imports it anyway, and uses Path methods
@@ -368,20 +368,11 @@ def fast_path(
             with sql.transaction(conn, path):
                 if sql.touch_row(conn, session_id, now, expires_at) is not None:
                     return True
-        values = hook_session(data, notify, legacy=False, warnings=warnings)
-        kind, details = values.pop("transport")
-        if values["notify"] is not None:
-            values["notify"] = int(check_notify(values["notify"]))
+        # The codec's encoder, as SqliteStore.register uses it: validated, notify as 0/1,
+        # details as compact JSON.
+        columns = sql.encode_given(hook_session(data, notify, legacy=False, warnings=warnings))
         with sql.transaction(conn, path):
-            sql.register_row(
-                conn,
-                session_id=session_id,
-                **values,
-                transport_kind=kind,
-                transport_details=json.dumps(details, separators=(",", ":")),
-                now=now,
-                expires_at=expires_at,
-            )
+            sql.register_row(conn, session_id, columns, now, expires_at)
         return True
     finally:
         conn.close()

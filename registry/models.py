@@ -333,59 +333,6 @@ def _trusted(cls: type[Any], values: dict[str, Any]) -> Any:
     return record
 
 
-def trusted_session(row: tuple[Any, ...]) -> Session:
-    """A Session from a row of the sqlite backend, without running the validators.
-
-    Every row was validated when it was written, and the schema pins its types; reads are the
-    hot path (a validated construction costs more than the SELECT). ``ccr-registry doctor``
-    validates every stored record for a database that something else may have edited.
-    Columns in the order of ``sqlite_sql.SESSION_COLUMNS``.
-    """
-    details = row[8]
-    transport = _trusted(
-        Transport,
-        {"kind": row[7], "details": _EMPTY if details == "{}" else FrozenMap(json.loads(details))},
-    )
-    return _trusted(  # type: ignore[no-any-return]
-        Session,
-        {
-            "session_id": row[0],
-            "ppid": row[1],
-            "pid": row[2],
-            "start_time": row[3],
-            "cwd": row[4],
-            "label": row[5],
-            "notify": row[6] == 1,
-            "transport": transport,
-            "state": row[9],
-            "created_at": EPOCH + timedelta(milliseconds=row[10]),
-            "updated_at": EPOCH + timedelta(milliseconds=row[11]),
-            "last_seen": EPOCH + timedelta(milliseconds=row[12]),
-            "expires_at": EPOCH + timedelta(milliseconds=row[13]),
-        },
-    )
-
-
-def trusted_token(row: tuple[Any, ...]) -> Token:
-    """A Token from a row of the sqlite backend, without the validators (see trusted_session).
-
-    Columns in the order of ``sqlite_sql.TOKEN_COLUMNS``.
-    """
-    context = row[4]
-    return _trusted(  # type: ignore[no-any-return]
-        Token,
-        {
-            "token": row[0],
-            "session_id": row[1],
-            "chat_id": row[2],
-            "scopes": tuple(json.loads(row[3])),
-            "context": _EMPTY if context == "{}" else FrozenMap(json.loads(context)),
-            "created_at": EPOCH + timedelta(milliseconds=row[5]),
-            "expires_at": EPOCH + timedelta(milliseconds=row[6]),
-        },
-    )
-
-
 # --------------------------------------------------------------------------- legacy JSON format
 #
 # Another program (the legacy daemon) writes these files too, so reading them follows its rules,

@@ -13,17 +13,28 @@ with SQLITE_BUSY under contention, whatever the busy timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from contextlib import contextmanager
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from registry.errors import RegistryError, StoreBusy, StoreCorrupted
+from registry.validation import (
+    check_details,
+    check_kind,
+    check_notify,
+    check_pid,
+    check_start_time,
+    check_state,
+    check_text,
+)
 
 # Imported for annotations only: importing typing costs a hook process measurable start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Sequence
     from typing import Any, Final
 
 SCHEMA_VERSION: Final = 1
@@ -57,77 +68,112 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-SESSION_COLUMNS: Final = (
-    "session_id, ppid, pid, start_time, cwd, label, notify, transport_kind, transport_details, "
-    "state, created_at, updated_at, last_seen, expires_at"
-)
-TOKEN_COLUMNS: Final = "token, session_id, chat_id, scopes, context, created_at, expires_at"
+# The columns in table order. Statements, the encoder and the decoder are all written against
+# these names: a new column is one entry here, one in the codec below, and one schema step.
+SESSION_FIELDS: Final = (
+    "session_id", "ppid", "pid", "start_time", "cwd", "label", "notify", "transport_kind",
+    "transport_details", "state", "created_at", "updated_at", "last_seen", "expires_at",
+)  # fmt: skip
+TOKEN_FIELDS: Final = (
+    "token", "session_id", "chat_id", "scopes", "context", "created_at", "expires_at",
+)  # fmt: skip
+SESSION_COLUMNS: Final = ", ".join(SESSION_FIELDS)
+TOKEN_COLUMNS: Final = ", ".join(TOKEN_FIELDS)
 ORDER: Final = "ORDER BY last_seen DESC, session_id ASC"
+# The session fields the API can set (register, update, the hook): every column but the
+# timestamps, with the transport as one field of two columns.
+GIVEN_FIELDS: Final = (
+    "ppid", "pid", "start_time", "cwd", "label", "notify", "transport", "state",
+)  # fmt: skip
+# Columns of register's statement, in parameter order (?1 ... ?10), then now and expires_at.
+GIVEN_COLUMNS: Final = SESSION_FIELDS[:10]
 
+
+def _params(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+# Statements are built once, here, with positional parameters: building SQL text per call and
+# binding named parameters cost about 1.5 us per register (issue 11).
+SELECT_SESSION: Final = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
+SELECT_TOKEN: Final = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?"
+SESSION_EXISTS: Final = "SELECT 1 FROM sessions WHERE session_id = ?"
 # INSERT OR REPLACE is not used: it deletes the old row, which cascades to the session's tokens
 # and resets created_at. The upsert updates in place and leaves created_at alone.
-UPSERT_SESSION: Final = f"""
-INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (session_id) DO UPDATE SET
-  ppid = excluded.ppid, pid = excluded.pid, start_time = excluded.start_time,
-  cwd = excluded.cwd, label = excluded.label, notify = excluded.notify,
-  transport_kind = excluded.transport_kind, transport_details = excluded.transport_details,
-  state = excluded.state, updated_at = excluded.updated_at, last_seen = excluded.last_seen,
-  expires_at = excluded.expires_at
-"""
-UPSERT_TOKEN: Final = f"""
-INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (token) DO UPDATE SET
-  session_id = excluded.session_id, chat_id = excluded.chat_id, scopes = excluded.scopes,
-  context = excluded.context, created_at = excluded.created_at, expires_at = excluded.expires_at
-"""
+UPSERT_SESSION: Final = (
+    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({_params(len(SESSION_FIELDS))}) "
+    "ON CONFLICT (session_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}" for c in SESSION_FIELDS if c not in ("session_id", "created_at")
+    )
+)
+UPSERT_TOKEN: Final = (
+    f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({_params(len(TOKEN_FIELDS))}) "
+    "ON CONFLICT (token) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in TOKEN_FIELDS if c != "token")
+)
 
-# register's merge in one statement: an argument given as NULL keeps the stored value on update,
-# or takes the column's default on insert; created_at is set on insert only.
-REGISTER: Final = f"""
-INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (
-  :session_id, :ppid, :pid, :start_time, :cwd, :label, COALESCE(:notify, 0),
-  COALESCE(:transport_kind, 'unknown'), COALESCE(:transport_details, '{{}}'),
-  COALESCE(:state, 'running'), :now, :now, :now, :expires_at)
-ON CONFLICT (session_id) DO UPDATE SET
-  ppid = COALESCE(:ppid, ppid), pid = COALESCE(:pid, pid),
-  start_time = COALESCE(:start_time, start_time), cwd = COALESCE(:cwd, cwd),
-  label = COALESCE(:label, label), notify = COALESCE(:notify, notify),
-  transport_kind = COALESCE(:transport_kind, transport_kind),
-  transport_details = COALESCE(:transport_details, transport_details),
-  state = COALESCE(:state, state), updated_at = :now, last_seen = :now, expires_at = :expires_at
-RETURNING {SESSION_COLUMNS}
-"""
-TOUCH: Final = f"""
-UPDATE sessions SET last_seen = :now, expires_at = :expires_at WHERE session_id = :session_id
-RETURNING {SESSION_COLUMNS}
-"""
+# register's merge in one statement: a parameter given as NULL keeps the stored value on update,
+# or takes the column's default on insert; created_at is set on insert only. Parameters: ?1 to
+# ?10 the GIVEN_COLUMNS, ?11 now, ?12 expires_at. The row is read back with SELECT_SESSION in the
+# same transaction: RETURNING cost 0.7 to 0.9 us more per write (SQLite buffers returned rows).
+_DEFAULTS: Final = {"notify": "0", "transport_kind": "'unknown'", "transport_details": "'{}'",
+                    "state": "'running'"}  # fmt: skip
+REGISTER: Final = (
+    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ("
+    + ", ".join(
+        f"COALESCE(?{i}, {_DEFAULTS[c]})" if c in _DEFAULTS else f"?{i}"
+        for i, c in enumerate(GIVEN_COLUMNS, 1)
+    )
+    + ", ?11, ?11, ?11, ?12) ON CONFLICT (session_id) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(?{i}, {c})" for i, c in enumerate(GIVEN_COLUMNS, 1) if i > 1)
+    + ", updated_at = ?11, last_seen = ?11, expires_at = ?12"
+)
+TOUCH: Final = "UPDATE sessions SET last_seen = ?, expires_at = ? WHERE session_id = ?"
 REMOVE: Final = "DELETE FROM sessions WHERE session_id = ?"
 
 
+# --------------------------------------------------------------------------- error translation
+
+# SQLite's primary result codes (the low byte of an extended code), from sqlite3.h. Python 3.11
+# puts the code on every sqlite3.Error as ``sqlite_errorcode``; the message text is not stable
+# across SQLite versions, the code is.
+_BUSY: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_CORRUPT: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+_REASONS: Final = {
+    3: "permission denied by the operating system",  # SQLITE_PERM
+    8: "the database is read-only (file mode, directory or mount)",  # SQLITE_READONLY
+    10: "a disk I/O error",  # SQLITE_IOERR
+    13: "the disk or its quota is full",  # SQLITE_FULL
+    # SQLite says no more than "unable to open database file"; the descriptor limit (EMFILE) is
+    # the cause a long-running daemon meets, a missing directory or permission the others.
+    14: "cannot open the database (a missing directory, no permission, or too many open files)",
+    23: "access denied (SQLITE_AUTH)",  # SQLITE_AUTH
+}
+
+
 def translate(exc: BaseException, path: Path) -> RegistryError:
-    """The registry error for a driver error raised while using the database at ``path``."""
-    message = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in message or "busy" in message.lower()
-    ):
-        return StoreBusy(f"{path}: the database stayed busy past the busy timeout ({message})")
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in message or "malformed" in message or "corrupt" in message
-    ):
-        return StoreCorrupted(f"{path}: {message}")
-    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in message:
-        # SQLite says no more than this when open() fails; EMFILE (the descriptor limit) is the
-        # cause a long-running daemon meets, a missing directory or permission the others.
-        return RegistryError(
-            f"{path}: cannot open the database ({message}: a missing directory, no permission, "
-            "or too many open files)"
-        )
-    return RegistryError(f"{path}: {type(exc).__name__}: {message}")
+    """The registry error for a driver or OS error raised while using the database at ``path``.
+
+    The one translator: by SQLite's result code, never by the message text. BUSY and LOCKED
+    are :class:`StoreBusy`, CORRUPT and NOTADB :class:`StoreCorrupted`, everything else a
+    :class:`RegistryError` that names the cause when the code tells it.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if primary in _BUSY:
+        return StoreBusy(f"{path}: the database stayed busy past the busy timeout ({name}: {exc})")
+    if primary in _CORRUPT:
+        return StoreCorrupted(f"{path}: not a sound ccr-registry database ({name}: {exc})")
+    reason = _REASONS.get(primary) if primary is not None else None
+    if reason is not None:
+        return RegistryError(f"{path}: {reason} ({name}: {exc})")
+    return RegistryError(f"{path}: {name}: {exc}")
 
 
 class Translator:
-    """A reusable context manager that re-raises sqlite3 errors as registry errors."""
+    """A reusable context manager that re-raises sqlite3 and OS errors as registry errors."""
 
     __slots__ = ("path",)
 
@@ -142,13 +188,279 @@ class Translator:
             raise translate(exc, self.path) from exc
 
 
-@contextmanager
-def translated(path: Path) -> Iterator[None]:
+def translated(path: Path) -> Translator:
     """Re-raise sqlite3 and OS errors as registry errors, chained with ``from``."""
-    try:
-        yield
-    except (sqlite3.Error, OSError) as exc:
-        raise translate(exc, path) from exc
+    return Translator(path)
+
+
+# --------------------------------------------------------------------------- the row codec
+#
+# The pair every path goes through (diskcache's Disk.store / Disk.fetch): SqliteStore's writes,
+# the hook's fast path and the importer encode with encode_given / encode_session, the store and
+# ``doctor`` decode with decode_session / decode_token. The encoder needs no models (the hook
+# must not import attrs); the decoders are bound to the models on first use (__getattr__ below).
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+
+def ms_of(moment: datetime) -> int:
+    """Integer epoch milliseconds of an aware datetime."""
+    return (moment - EPOCH) // _ONE_MS
+
+
+def compact_json(mapping: Mapping[str, Any]) -> str:
+    """The JSON text of a details or context column: compact, ASCII (as every row so far)."""
+    if not mapping:
+        return "{}"
+    return json.dumps(dict(mapping), separators=(",", ":"))
+
+
+def _check_transport(value: object) -> tuple[str, dict[str, Any]]:
+    pair: tuple[object, object] = value  # type: ignore[assignment]
+    return check_kind(pair[0]), check_details(pair[1])
+
+
+_CHECKS: Final[dict[str, Callable[[object], object]]] = {
+    "ppid": lambda v: check_pid("ppid", v),
+    "pid": lambda v: check_pid("pid", v),
+    "start_time": check_start_time,
+    "cwd": lambda v: check_text("cwd", v),
+    "label": lambda v: check_text("label", v),
+    "notify": check_notify,
+    "transport": _check_transport,
+    "state": check_state,
+}
+assert tuple(_CHECKS) == GIVEN_FIELDS
+
+
+def encode_given(values: Mapping[str, Any], *, check: bool = True) -> dict[str, Any]:
+    """The encoder: column values of the session fields in ``values``, by column name.
+
+    ``values`` maps GIVEN_FIELDS names to values (the transport as a ``(kind, details)`` pair);
+    each is validated in that order unless ``check`` is False (a model, valid by construction,
+    or a legacy record read under the legacy rules). notify becomes 0 or 1 and the details
+    compact JSON; a None stays None (for register and the hook: "not given", keep or default).
+    """
+    columns: dict[str, Any] = {}
+    for name in GIVEN_FIELDS:
+        if name not in values:
+            continue
+        value = values[name]
+        if check and value is not None:
+            _CHECKS[name](value)
+        if name == "transport":
+            if value is None:
+                columns["transport_kind"] = columns["transport_details"] = None
+            else:
+                columns["transport_kind"] = value[0]
+                columns["transport_details"] = compact_json(value[1])
+        elif name == "notify":
+            columns["notify"] = None if value is None else int(value)
+        else:
+            columns[name] = value
+    return columns
+
+
+def encode_session(session: Any) -> tuple[Any, ...]:
+    """A whole Session model as a row of SESSION_FIELDS (the upsert's parameters)."""
+    transport = session.transport
+    given = encode_given(
+        {
+            "ppid": session.ppid,
+            "pid": session.pid,
+            "start_time": session.start_time,
+            "cwd": session.cwd,
+            "label": session.label,
+            "notify": session.notify,
+            "transport": (transport.kind, transport.details),
+            "state": session.state,
+        },
+        check=False,
+    )
+    return (
+        session.session_id,
+        *(given[column] for column in GIVEN_COLUMNS[1:]),
+        ms_of(session.created_at),
+        ms_of(session.updated_at),
+        ms_of(session.last_seen),
+        ms_of(session.expires_at),
+    )
+
+
+def encode_token(token: Any) -> tuple[Any, ...]:
+    """A Token model as a row of TOKEN_FIELDS."""
+    return (
+        token.token,
+        token.session_id,
+        token.chat_id,
+        json.dumps(list(token.scopes)),
+        compact_json(token.context),
+        ms_of(token.created_at),
+        ms_of(token.expires_at),
+    )
+
+
+def register_params(
+    session_id: str, given: dict[str, Any], now: int, expires_at: int
+) -> tuple[Any, ...]:
+    """REGISTER's parameters: the encoded given columns (None: not given), now, expires_at."""
+    return (session_id, *(given.get(c) for c in GIVEN_COLUMNS[1:]), now, expires_at)
+
+
+# Column positions by name, for the decoders.
+_S: Final = {name: i for i, name in enumerate(SESSION_FIELDS)}
+_T: Final = {name: i for i, name in enumerate(TOKEN_FIELDS)}
+
+
+def session_values(row: Sequence[Any]) -> dict[str, Any]:
+    """A session row's columns by name, JSON columns parsed (for a validated construction)."""
+    values = {name: row[i] for name, i in _S.items()}
+    values["transport_details"] = json.loads(values["transport_details"])
+    return values
+
+
+def token_values(row: Sequence[Any]) -> dict[str, Any]:
+    """A token row's columns by name, JSON columns parsed."""
+    values = {name: row[i] for name, i in _T.items()}
+    values["scopes"] = json.loads(values["scopes"])
+    values["context"] = json.loads(values["context"])
+    return values
+
+
+def _bind_decoders() -> None:
+    """Define decode_session, decode_token and decode_checked against the models."""
+    from registry.models import FrozenMap, Session, Token, Transport, from_ms
+
+    new = object.__new__
+    empty: FrozenMap[Any] = FrozenMap()
+    # A slot's descriptor sets it directly: object.__setattr__ by name, as attrs' __init__
+    # does per field, cost about 1 us more per Session (issue 11).
+    s_set = {a.name: getattr(Session, a.name).__set__ for a in Session.__attrs_attrs__}
+    t_set = {a.name: getattr(Token, a.name).__set__ for a in Token.__attrs_attrs__}
+    p_set = {a.name: getattr(Transport, a.name).__set__ for a in Transport.__attrs_attrs__}
+    (s_id, s_ppid, s_pid, s_start, s_cwd, s_label, s_notify, s_transport, s_state,
+     s_created, s_updated, s_seen, s_expires) = s_set.values()  # fmt: skip
+    t_token, t_sid, t_chat, t_scopes, t_context, t_created, t_expires = t_set.values()
+    assert list(s_set) == [*SESSION_FIELDS[:7], "transport", *SESSION_FIELDS[9:]]
+    assert list(t_set) == list(TOKEN_FIELDS)
+    i_id, i_ppid, i_pid, i_start, i_cwd, i_label, i_notify = (_S[f] for f in SESSION_FIELDS[:7])
+    i_kind, i_details, i_state = _S["transport_kind"], _S["transport_details"], _S["state"]
+    i_created, i_updated, i_seen, i_expires = (_S[f] for f in SESSION_FIELDS[10:])
+
+    # Rows repeat values: sessions share transports and timestamps (created, updated and
+    # last_seen are often one moment), tokens share scopes. The objects are immutable, so one
+    # object per value serves every row; each cache is cleared when it grows past _CACHE_MAX.
+    times: dict[int, datetime] = {}
+    transports: dict[tuple[str, str], Transport] = {}
+    scopes_of: dict[str, tuple[str, ...]] = {}
+
+    def moment(ms: int) -> datetime:
+        found = times.get(ms)
+        if found is None:
+            if len(times) >= _CACHE_MAX:
+                times.clear()
+            # Exact: integer seconds and microseconds (fromtimestamp(ms / 1000) is a float).
+            found = times[ms] = EPOCH + timedelta(0, ms // 1000, ms % 1000 * 1000)
+        return found
+
+    def transport_of(kind: str, details: str) -> Transport:
+        key = (kind, details)
+        found = transports.get(key)
+        if found is None:
+            if len(transports) >= _CACHE_MAX:
+                transports.clear()
+            found = new(Transport)
+            p_set["kind"](found, kind)
+            p_set["details"](found, empty if details == "{}" else FrozenMap(json.loads(details)))
+            transports[key] = found
+        return found
+
+    def decode_session(row: Sequence[Any]) -> Session:
+        """A Session from a row, without the validators: every row was validated when written
+        and the schema pins its column types (``ccr-registry doctor`` checks, with
+        :func:`decode_checked`, a database something else may have edited)."""
+        session = new(Session)
+        s_id(session, row[i_id])
+        s_ppid(session, row[i_ppid])
+        s_pid(session, row[i_pid])
+        s_start(session, row[i_start])
+        s_cwd(session, row[i_cwd])
+        s_label(session, row[i_label])
+        s_notify(session, row[i_notify] == 1)
+        s_transport(session, transport_of(row[i_kind], row[i_details]))
+        s_state(session, row[i_state])
+        s_created(session, moment(row[i_created]))
+        s_updated(session, moment(row[i_updated]))
+        s_seen(session, moment(row[i_seen]))
+        s_expires(session, moment(row[i_expires]))
+        return session
+
+    j_token, j_sid, j_chat, j_scopes, j_context, j_created, j_expires = _T.values()
+
+    def decode_token(row: Sequence[Any]) -> Token:
+        """A Token from a row, without the validators (see decode_session)."""
+        token = new(Token)
+        t_token(token, row[j_token])
+        t_sid(token, row[j_sid])
+        t_chat(token, row[j_chat])
+        raw_scopes = row[j_scopes]
+        scopes = scopes_of.get(raw_scopes)
+        if scopes is None:
+            if len(scopes_of) >= _CACHE_MAX:
+                scopes_of.clear()
+            scopes = scopes_of[raw_scopes] = tuple(json.loads(raw_scopes))
+        t_scopes(token, scopes)
+        context = row[j_context]
+        t_context(token, empty if context == "{}" else FrozenMap(json.loads(context)))
+        t_created(token, moment(row[j_created]))
+        t_expires(token, moment(row[j_expires]))
+        return token
+
+    def decode_checked(kind: str, row: Sequence[Any]) -> Session | Token:
+        """A session (``kind`` "session") or token row through the models' validators."""
+        if kind == "session":
+            v = session_values(row)
+            return Session(
+                session_id=v["session_id"], ppid=v["ppid"], pid=v["pid"],
+                start_time=v["start_time"], cwd=v["cwd"], label=v["label"],
+                notify=v["notify"] in (0, 1) and bool(v["notify"]),
+                transport=Transport(kind=v["transport_kind"], details=v["transport_details"]),
+                state=v["state"], created_at=from_ms(v["created_at"]),
+                updated_at=from_ms(v["updated_at"]), last_seen=from_ms(v["last_seen"]),
+                expires_at=from_ms(v["expires_at"]),
+            )  # fmt: skip
+        v = token_values(row)
+        return Token(
+            token=v["token"], session_id=v["session_id"], chat_id=v["chat_id"],
+            scopes=v["scopes"], context=v["context"], created_at=from_ms(v["created_at"]),
+            expires_at=from_ms(v["expires_at"]),
+        )  # fmt: skip
+
+    globals().update(
+        decode_session=decode_session, decode_token=decode_token, decode_checked=decode_checked
+    )
+
+
+_CACHE_MAX: Final = 4096
+_LAZY: Final = ("decode_session", "decode_token", "decode_checked")
+
+
+def __getattr__(name: str) -> Any:
+    # The decoders need the models (and attrs), which the hook's fast path must not import:
+    # they are built the first time someone imports them.
+    if name in _LAZY:
+        _bind_decoders()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from registry.models import Session, Token
+
+    def decode_session(row: Sequence[Any]) -> Session: ...
+    def decode_token(row: Sequence[Any]) -> Token: ...
+    def decode_checked(kind: str, row: Sequence[Any]) -> Session | Token: ...
 
 
 def refuse_orphan_wal(path: Path) -> None:
@@ -230,62 +542,93 @@ def prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
 
 
-@contextmanager
-def transaction(
-    conn: sqlite3.Connection, path: Path, *, owner: int | None = None
-) -> Iterator[None]:
+class Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (errors translated).
 
-    ``owner``: the pid the connection belongs to; in another process (a child that forked
-    inside the unit) the connection is left alone, neither committed nor rolled back.
+    A class rather than a generator-based context manager: this is every write's path, and
+    the generator machinery cost about 3.5 us per write (issue 11). ``owner``: the pid the
+    connection belongs to; in another process (a child that forked inside the unit) the
+    connection is left alone, neither committed nor rolled back.
     """
-    with translated(path):
-        if conn.in_transaction:
-            # A ROLLBACK that failed (an I/O error) left this connection inside a transaction.
-            conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        if owner is not None and owner != os.getpid():
-            return
-        conn.execute("COMMIT")
-    except BaseException as exc:
-        if owner is not None and owner != os.getpid():
-            raise
-        if conn.in_transaction:
-            with translated(path):
+
+    __slots__ = ("conn", "owner", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, owner: int | None = None) -> None:
+        self.conn = conn
+        self.path = path
+        self.owner = owner
+
+    def __enter__(self) -> None:
+        conn = self.conn
+        try:
+            if conn.in_transaction:
+                # A ROLLBACK that failed (an I/O error) left this connection inside a transaction.
                 conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, OSError) as exc:
+            raise translate(exc, self.path) from exc
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if self.owner is not None and self.owner != os.getpid():
+            return None
+        conn = self.conn
+        if exc is None:
+            try:
+                conn.execute("COMMIT")
+                return None
+            except BaseException as failed:
+                exc = failed
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except (sqlite3.Error, OSError) as rollback_failed:
+                raise translate(rollback_failed, self.path) from rollback_failed
         if isinstance(exc, sqlite3.Error):
-            raise translate(exc, path) from exc
-        raise
+            raise translate(exc, self.path) from exc
+        if exc is not None and kind is None:
+            raise exc  # COMMIT failed with something other than a driver error
+        return None
 
 
-def register_row(conn: sqlite3.Connection, **values: Any) -> tuple[Any, ...]:
-    """Run :data:`REGISTER` (inside the caller's transaction); the stored row."""
-    rows = conn.execute(REGISTER, values).fetchall()
-    return tuple(rows[0])
+def transaction(conn: sqlite3.Connection, path: Path, *, owner: int | None = None) -> Transaction:
+    """The transaction helper for a bare connection (the schema upgrade and the hook)."""
+    return Transaction(conn, path, owner=owner)
+
+
+def register_row(
+    conn: sqlite3.Connection, session_id: str, given: dict[str, Any], now: int, expires_at: int
+) -> tuple[Any, ...]:
+    """Run :data:`REGISTER` with encoded columns (inside the caller's transaction); the row."""
+    conn.execute(REGISTER, register_params(session_id, given, now, expires_at))
+    return conn.execute(SELECT_SESSION, (session_id,)).fetchone()  # type: ignore[no-any-return]
 
 
 def touch_row(
     conn: sqlite3.Connection, session_id: str, now: int, expires_at: int
 ) -> tuple[Any, ...] | None:
-    rows = conn.execute(
-        TOUCH, {"session_id": session_id, "now": now, "expires_at": expires_at}
-    ).fetchall()
-    return tuple(rows[0]) if rows else None
+    """Move last_seen and expires_at; the stored row, or None if there is no such session."""
+    if conn.execute(TOUCH, (now, expires_at, session_id)).rowcount == 0:
+        return None
+    return conn.execute(SELECT_SESSION, (session_id,)).fetchone()  # type: ignore[no-any-return]
+
+
+_UPDATE_SQL: dict[tuple[str, ...], str] = {}
 
 
 def update_row(
     conn: sqlite3.Connection, session_id: str, columns: dict[str, Any], now: int
 ) -> tuple[Any, ...] | None:
-    """Set validated column values and ``updated_at``; the stored row, or None if unknown."""
-    assignments = "".join(f"{name} = :{name}, " for name in columns)  # names from a fixed set
-    rows = conn.execute(
-        f"UPDATE sessions SET {assignments}updated_at = :now WHERE session_id = :session_id "
-        f"RETURNING {SESSION_COLUMNS}",
-        {**columns, "now": now, "session_id": session_id},
-    ).fetchall()
-    return tuple(rows[0]) if rows else None
+    """Set encoded column values and ``updated_at``; the stored row, or None if unknown."""
+    names = tuple(columns)
+    sql = _UPDATE_SQL.get(names)
+    if sql is None:
+        assignments = "".join(f"{name} = ?, " for name in names if name in _S)  # a fixed set
+        sql = _UPDATE_SQL[names] = (
+            f"UPDATE sessions SET {assignments}updated_at = ? WHERE session_id = ?"
+        )
+    if conn.execute(sql, (*columns.values(), now, session_id)).rowcount == 0:
+        return None
+    return conn.execute(SELECT_SESSION, (session_id,)).fetchone()  # type: ignore[no-any-return]
 
 
 def remove_row(conn: sqlite3.Connection, session_id: str) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry import RegistryError, Store, StoreCorrupted, open_store
+from registry import RegistryError, Store, StoreBusy, StoreCorrupted, open_store
 from registry.backends.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.conftest import FakeClock
 
@@ -192,3 +192,61 @@ def test_sqlite_path_overrides_the_data_dir(tmp_path: Path, clock: FakeClock) ->
         store.sessions.register("s1")
     assert target.exists()
     assert not (tmp_path / "data" / "ccr.db").exists()
+
+
+def _driver_error(message: str, code: int) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code  # what the driver sets; an extended code keeps its low byte
+    error.sqlite_errorname = "TEST"
+    return error
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "kind", "says"),
+    [
+        # The message text says nothing the old text search looked for; the code does.
+        ("cannot start a transaction", 517, StoreBusy, "busy"),  # SQLITE_BUSY_SNAPSHOT
+        ("table is in use", 6, StoreBusy, "busy"),  # SQLITE_LOCKED
+        ("vtable constructor failed", 267, StoreCorrupted, "not a sound"),  # SQLITE_CORRUPT_VTAB
+        ("file is not a database", 26, StoreCorrupted, "not a sound"),  # SQLITE_NOTADB
+        # A message that mentions "locked" is not busy when the code says otherwise.
+        ("write to locked page failed", 778, RegistryError, "disk I/O"),  # SQLITE_IOERR_WRITE
+        ("insertion failed", 13, RegistryError, "full"),  # SQLITE_FULL
+        ("unable to open database file", 14, RegistryError, "too many open files"),
+        ("attempt to write a readonly database", 8, RegistryError, "read-only"),
+    ],
+)
+def test_driver_errors_are_translated_by_their_code(
+    message: str, code: int, kind: type[RegistryError], says: str
+) -> None:
+    from registry.backends.sqlite_sql import translate
+
+    translated = translate(_driver_error(message, code), Path("/x/registry.db"))
+    assert type(translated) is kind
+    assert says in str(translated) and "/x/registry.db" in str(translated)
+
+
+def test_the_codec_round_trips_every_column(tmp_path: Path, clock: FakeClock) -> None:
+    from registry import Transport
+    from registry.backends.sqlite_sql import (
+        SESSION_FIELDS,
+        decode_checked,
+        decode_session,
+        encode_session,
+    )
+
+    with open_sqlite(tmp_path, clock) as store:
+        session = store.sessions.register(
+            "s'; DROP TABLE sessions; --",
+            ppid=2**63 - 1,
+            pid=1,
+            start_time=0,
+            cwd="/tmp/%_ \u00e9\U0001f600",
+            label="x" * 4096,
+            notify=True,
+            transport=Transport(kind="tmux", details={"pane": "%1", "n": -(2**63), "f": 0.5}),
+            state="stopped",
+        )
+    row = encode_session(session)
+    assert len(row) == len(SESSION_FIELDS)
+    assert decode_session(row) == session == decode_checked("session", row)

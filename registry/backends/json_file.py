@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -58,6 +59,10 @@ TOKENS_FILE: Final = "claude-tokens.json"
 LOCK_FILE: Final = ".ccr-registry.lock"
 JOURNAL_FILE: Final = ".ccr-registry.journal"
 TEMP_PREFIX: Final = ".ccr-tmp-"
+# A file that does not parse is read again while it keeps changing (a writer that does not take
+# the lock, rewriting it in place), for at most this long, before it is refused as damaged.
+TORN_READ_WAIT_S: Final = 1.0
+TORN_READ_POLL_S: Final = 0.02
 
 R = TypeVar("R")
 _FileKey = tuple[int, int, int]
@@ -458,11 +463,48 @@ class JsonStore(BaseStore):
             raise
         try:
             parsed = self._parse_document(path, raw)
+        except StoreCorrupted:
+            os.close(fd)
+            return self._read_torn_document(name, raw)
         except BaseException:
             os.close(fd)
             raise
         self._remember(name, key, fd, parsed)
         return key, parsed
+
+    def _read_torn_document(self, name: str, raw: bytes) -> tuple[_FileKey | None, _Document]:
+        """Read a file that did not parse again, until it parses or stops changing.
+
+        The legacy daemon does not take this project's lock and rewrites its files in place
+        (truncate, then write), so a read can catch one half-written. Such a file parses once
+        the writer is done; a file that nobody modified across a pause and still does not parse
+        (or that is still changing after TORN_READ_WAIT_S) is refused (StoreCorrupted), never
+        taken as empty.
+        """
+        path = self.data_dir / name
+        deadline = time.monotonic() + TORN_READ_WAIT_S
+        seen: tuple[bytes, int | None] = (raw, None)
+        while True:
+            time.sleep(TORN_READ_POLL_S)
+            try:
+                modified = path.stat().st_mtime_ns
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                self._forget(name)
+                return None, _Document({}, {}, {})
+            except OSError as exc:
+                raise RegistryError(f"{path}: cannot read: {exc.strerror}") from exc
+            if (raw, modified) == seen or time.monotonic() > deadline:
+                # Nobody wrote it meanwhile (or it still changes at the deadline): parse it
+                # once more for the error to raise.
+                self._parse_document(path, raw)
+            seen = (raw, modified)
+            try:
+                self._parse_document(path, raw)
+            except StoreCorrupted:
+                continue
+            # It parses now: read it through the cache path, which keys it by inode and size.
+            return self._read_document(name)
 
     def _remember(self, name: str, key: _FileKey, fd: int, parsed: _Document) -> None:
         # The cached file stays open so that its inode cannot be freed and reused by a later

@@ -226,10 +226,12 @@ def check_context(value: object) -> dict[str, object]:
     ``None`` are allowed, every string (keys too) must be valid Unicode, and the size is the UTF-8
     length of its compact JSON (``ensure_ascii=False``).
     """
-    import json  # lazily: a hook that only registers never needs it here
-
     if not isinstance(value, Mapping):
         raise ValidationError(f"context must be a mapping, got {type(value).__name__}")
+    if not value:
+        return {}  # the common case (mint_token without a context): nothing to walk or measure
+    import json  # lazily: a hook that only registers never needs it here
+
     top = dict(value)
     # Walked with an explicit stack, so no nesting depth can exhaust Python's recursion.
     stack: list[tuple[object, int]] = [(top, 1)]

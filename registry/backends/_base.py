@@ -31,6 +31,7 @@ from registry.errors import (
 )
 from registry.models import (
     DEFAULT_SCOPES,
+    EPOCH,
     Session,
     Token,
     Transport,
@@ -102,7 +103,102 @@ class _WriteCall:
             _note_write()
 
 
-class BaseStore(ABC):
+class StorageBackend(ABC):
+    """The storage primitives: what a backend supplies and a composite backend calls.
+
+    :class:`BaseStore` builds the whole :class:`~registry.protocols.Store` contract on these,
+    and :class:`~registry.backends.dual.DualStore` composes two backends through them alone.
+    The contract of each primitive:
+
+    * Records passed in are valid models (the caller validated them); records returned are
+      models equal to what was saved. No primitive checks expiry or state unless it says so.
+    * A read primitive runs inside :meth:`reading` or :meth:`writing`; a write primitive runs
+      inside :meth:`writing`, and its change becomes visible to others only when the
+      outermost unit commits (all of the unit, or nothing). Primitives raise only
+      :class:`~registry.errors.RegistryError` (driver errors translated).
+    * Public within the package only: they are not part of the ``Store`` protocol, and a
+      caller outside ``registry.backends`` uses the store's API instead.
+    """
+
+    @abstractmethod
+    def reading(self) -> AbstractContextManager[None]:
+        """Scope of a read: inside an open unit it sees that unit's changes."""
+
+    @abstractmethod
+    def writing(self, *, savepoint: bool) -> AbstractContextManager[None]:
+        """Scope of a write unit; nested inside another it joins it (or is a savepoint)."""
+
+    @abstractmethod
+    def load_session(self, session_id: str) -> Session | None:
+        """The session record, or None; expired or stopped sessions are returned too."""
+
+    @abstractmethod
+    def save_session(self, session: Session) -> None:
+        """Insert or update the session record (never touching its tokens)."""
+
+    @abstractmethod
+    def delete_sessions(self, session_ids: list[str]) -> None:
+        """Delete these sessions and all their tokens; ids that do not exist are ignored."""
+
+    @abstractmethod
+    def select_sessions(
+        self,
+        now: datetime,
+        *,
+        active_only: bool,
+        notify_only: bool,
+        ppid: int | None = None,
+        limit: int | None = None,
+    ) -> list[Session]:
+        """Sessions matching the filters, in list order; at most ``limit`` of them."""
+
+    @abstractmethod
+    def expired_session_ids(self, now: datetime) -> list[str]:
+        """Ids of sessions with ``expires_at <= now``."""
+
+    @abstractmethod
+    def load_token(self, token: str) -> Token | None:
+        """The token record, live or expired, or None."""
+
+    @abstractmethod
+    def save_token(self, token: Token) -> None:
+        """Insert or replace the token record (its session is known to exist)."""
+
+    @abstractmethod
+    def delete_token(self, token: str) -> bool:
+        """Delete the token record; whether it existed."""
+
+    @abstractmethod
+    def tokens_of(self, session_id: str) -> list[Token]:
+        """The session's tokens ordered by ``created_at``, then value."""
+
+    @abstractmethod
+    def delete_expired_tokens(self, now: datetime) -> int:
+        """Delete tokens with ``expires_at <= now``; how many."""
+
+    def data_version(self) -> object:
+        """Inside a read or write scope: a value that changes whenever the stored data may have.
+
+        It must change for every commit by another connection, thread or process (writes of
+        this store object's own thread are covered by the write generation as well). The
+        default, a new object each time, says "may have changed" every time: exact enough,
+        as ``cleanup_dead_sessions`` then falls back to its conservative rule.
+        """
+        return object()
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether the session exists (a backend may answer without building the model)."""
+        return self.load_session(session_id) is not None
+
+    def session_of_live_token(self, token: str, now: datetime) -> Session | None:
+        """The session of a token that is live at ``now``, read as of one moment, or None."""
+        found = self.load_token(token)
+        if found is None or not found.is_live(now):
+            return None
+        return self.load_session(found.session_id)
+
+
+class BaseStore(StorageBackend):
     """One store over one set of data; it is its own ``sessions`` and ``tokens``."""
 
     backend: str = ""
@@ -120,81 +216,9 @@ class BaseStore(ABC):
         self._token_ttl = token_ttl
         self._closed = False
 
-    # ----------------------------------------------------------------- primitives
-
     @abstractmethod
-    def _reading(self) -> AbstractContextManager[None]:
-        """Scope of a read: inside an open unit it sees that unit's changes."""
-
-    @abstractmethod
-    def _writing(self, *, savepoint: bool) -> AbstractContextManager[None]:
-        """Scope of a write unit; nested inside another it joins it (or is a savepoint)."""
-
-    @abstractmethod
-    def _get(self, session_id: str) -> Session | None: ...
-
-    @abstractmethod
-    def _put(self, session: Session) -> None:
-        """Insert or update the session record (never touching its tokens)."""
-
-    @abstractmethod
-    def _delete_sessions(self, session_ids: list[str]) -> None:
-        """Delete these sessions and all their tokens; ids that do not exist are ignored."""
-
-    @abstractmethod
-    def _select(
-        self,
-        now: datetime,
-        *,
-        active_only: bool,
-        notify_only: bool,
-        ppid: int | None = None,
-        limit: int | None = None,
-    ) -> list[Session]:
-        """Sessions matching the filters, in list order; at most ``limit`` of them."""
-
-    @abstractmethod
-    def _expired_ids(self, now: datetime) -> list[str]:
-        """Ids of sessions with ``expires_at <= now``."""
-
-    @abstractmethod
-    def _get_token(self, token: str) -> Token | None: ...
-
-    @abstractmethod
-    def _put_token(self, token: Token) -> None: ...
-
-    @abstractmethod
-    def _delete_token(self, token: str) -> bool: ...
-
-    @abstractmethod
-    def _tokens_of(self, session_id: str) -> list[Token]:
-        """The session's tokens ordered by ``created_at``, then value."""
-
-    @abstractmethod
-    def _delete_expired_tokens(self, now: datetime) -> int: ...
-
-    @abstractmethod
-    def _close(self) -> None: ...
-
-    def _data_version(self) -> object:
-        """Inside a read or write scope: a value that changes whenever the stored data may have.
-
-        It must change for every commit by another connection, thread or process (writes of
-        this store object's own thread are covered by the write generation as well). The
-        default, a new object each time, says "may have changed" every time: exact enough,
-        as ``cleanup_dead_sessions`` then falls back to its conservative rule.
-        """
-        return object()
-
-    def _has_session(self, session_id: str) -> bool:
-        """Whether the session exists (a backend may answer without building the model)."""
-        return self._get(session_id) is not None
-
-    def _session_of_live_token(self, token: str, now: datetime) -> Session | None:
-        found = self._get_token(token)
-        if found is None or not found.is_live(now):
-            return None
-        return self._get(found.session_id)
+    def _close(self) -> None:
+        """Release the backend's resources (connections, file handles); called once."""
 
     # ----------------------------------------------------------------- store
 
@@ -216,7 +240,7 @@ class BaseStore(ABC):
 
     def atomic(self) -> AbstractContextManager[None]:
         self._check_open()
-        return self._writing(savepoint=True)
+        return self.writing(savepoint=True)
 
     def close(self) -> None:
         if not self._closed:
@@ -238,6 +262,11 @@ class BaseStore(ABC):
 
     def _now(self) -> datetime:
         self._check_open()
+        if self._system_clock:
+            # Exact: integer seconds and microseconds from integer milliseconds; this cost
+            # about a third of datetime.now(UTC) normalised by utc_ms.
+            ms = time.time_ns() // 1_000_000
+            return EPOCH + timedelta(0, ms // 1000, ms % 1000 * 1000)
         return utc_ms(self._clock())
 
     def _now_ms(self) -> int:
@@ -251,11 +280,11 @@ class BaseStore(ABC):
         """A write call's unit; entering it gives ``now`` (the clock is read when None)."""
         if now is None:
             now = self._now()
-        return _WriteCall(self._writing(savepoint=False), now)
+        return _WriteCall(self.writing(savepoint=False), now)
 
     def _write_unit(self) -> _WriteCall:
         """A write call's unit for a caller that has read the clock itself (in milliseconds)."""
-        return _WriteCall(self._writing(savepoint=False), None)
+        return _WriteCall(self.writing(savepoint=False), None)
 
     # ----------------------------------------------------------------- sessions
 
@@ -293,28 +322,30 @@ class BaseStore(ABC):
                 "last_seen": now,
                 "expires_at": add_ttl(now, self._session_ttl),
             }
-            existing = self._get(session_id)
+            existing = self.load_session(session_id)
             if existing is None:
                 session = Session(session_id=session_id, created_at=now, **given, **stamps)
             else:
                 session = attrs.evolve(existing, **given, **stamps)
-            self._put(session)
+            self.save_session(session)
         return session
 
     def get(self, session_id: str) -> Session | None:
         self._check_open()
         if not is_key("session_id", session_id):
             return None
-        with self._reading():
-            return self._get(session_id)
+        with self.reading():
+            return self.load_session(session_id)
 
     def get_by_ppid(self, ppid: int) -> Session | None:
         if ppid is None:
             raise ValidationError("ppid must be an int, got NoneType")
         check_pid("ppid", ppid)
         now = self._now()
-        with self._reading():
-            found = self._select(now, active_only=True, notify_only=False, ppid=ppid, limit=1)
+        with self.reading():
+            found = self.select_sessions(
+                now, active_only=True, notify_only=False, ppid=ppid, limit=1
+            )
         return found[0] if found else None
 
     def get_notify_sessions(self) -> list[Session]:
@@ -326,15 +357,15 @@ class BaseStore(ABC):
         check_bool("active_only", active_only)
         check_bool("notify_only", notify_only)
         now = self._now()
-        with self._reading():
-            return self._select(now, active_only=active_only, notify_only=notify_only)
+        with self.reading():
+            return self.select_sessions(now, active_only=active_only, notify_only=notify_only)
 
     def update(self, session_id: str, **changes: Any) -> Session:
         check_update(changes)
         is_key("session_id", session_id)  # a non-string id is refused before the write unit
         with self._write() as now:
             session = attrs.evolve(self._require(session_id), **changes, updated_at=now)
-            self._put(session)
+            self.save_session(session)
         return session
 
     def touch(self, session_id: str) -> Session:
@@ -344,7 +375,7 @@ class BaseStore(ABC):
                 last_seen=now,
                 expires_at=add_ttl(now, self._session_ttl),
             )
-            self._put(session)
+            self.save_session(session)
         return session
 
     def remove(self, session_id: str) -> bool:
@@ -352,16 +383,16 @@ class BaseStore(ABC):
             self._check_open()
             return False
         with self._write():
-            if self._get(session_id) is None:
+            if self.load_session(session_id) is None:
                 return False
-            self._delete_sessions([session_id])
+            self.delete_sessions([session_id])
             return True
 
     def cleanup_expired_sessions(self) -> list[str]:
         with self._write() as now:
-            expired = sorted(self._expired_ids(now))
+            expired = sorted(self.expired_session_ids(now))
             if expired:
-                self._delete_sessions(expired)
+                self.delete_sessions(expired)
         return expired
 
     def cleanup_dead_sessions(self, is_alive: AliveProbe | None = None) -> list[str]:
@@ -373,11 +404,11 @@ class BaseStore(ABC):
             is_alive = is_process_alive
         now = self._now()
         generation = _write_generation
-        with self._reading():
-            version = self._data_version()
+        with self.reading():
+            version = self.data_version()
             candidates = [
                 session
-                for session in self._select(now, active_only=False, notify_only=False)
+                for session in self.select_sessions(now, active_only=False, notify_only=False)
                 if session.state == "running" and session.ppid is not None
             ]
         # Probing may be slow and may itself use the store: no lock is held here.
@@ -389,19 +420,19 @@ class BaseStore(ABC):
                 # session is removed only if its record is the one probed and was last written
                 # before that read; a write during the probe stamps it with a time >= `now`,
                 # even within the same millisecond, where the record alone may look unchanged.
-                quiet = generation == _write_generation and self._data_version() == version
+                quiet = generation == _write_generation and self.data_version() == version
                 removed = sorted(
                     s.session_id
                     for s in dead
-                    if self._get(s.session_id) == s
+                    if self.load_session(s.session_id) == s
                     and (quiet or max(s.updated_at, s.last_seen) < now)
                 )
                 if removed:
-                    self._delete_sessions(removed)
+                    self.delete_sessions(removed)
         return removed
 
     def _require(self, session_id: str) -> Session:
-        session = self._get(session_id) if is_key("session_id", session_id) else None
+        session = self.load_session(session_id) if is_key("session_id", session_id) else None
         if session is None:
             raise SessionNotFound(f"no session {session_id!r}")
         return session
@@ -445,25 +476,25 @@ class BaseStore(ABC):
         )
         with self._write(now):
             # An existence check, not the Session model: that cost 18 of mint's 49 us.
-            if not self._has_session(session_id):
+            if not self.has_session(session_id):
                 raise SessionNotFound(f"no session {session_id!r}")
-            self._put_token(record)
+            self.save_token(record)
         return record
 
     def get_session_by_token(self, token: str) -> Session | None:
         now = self._now()
         if not is_key("token", token):
             return None
-        with self._reading():
-            return self._session_of_live_token(token, now)
+        with self.reading():
+            return self.session_of_live_token(token, now)
 
     def validate_token(self, token: str, chat_id: int) -> Token:
         check_chat_id(chat_id)
         now = self._now()
         if not is_key("token", token):
             raise TokenNotFound("no such token")
-        with self._reading():
-            found = self._get_token(token)
+        with self.reading():
+            found = self.load_token(token)
         if found is None:
             raise TokenNotFound("no such token")
         if not found.is_live(now):
@@ -477,15 +508,15 @@ class BaseStore(ABC):
             self._check_open()
             return False
         with self._write():
-            return self._delete_token(token)
+            return self.delete_token(token)
 
     def tokens_for_session(self, session_id: str) -> list[Token]:
         self._check_open()
         if not is_key("session_id", session_id):
             return []
-        with self._reading():
-            return self._tokens_of(session_id)
+        with self.reading():
+            return self.tokens_of(session_id)
 
     def cleanup_expired_tokens(self) -> int:
         with self._write() as now:
-            return self._delete_expired_tokens(now)
+            return self.delete_expired_tokens(now)

@@ -44,8 +44,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any, TypeVar
 
 from registry.backends._base import BaseStore, Clock
@@ -68,6 +69,34 @@ class _Local(threading.local):
     depth = 0  # how deep this thread is in write units
     broken = False  # the secondary failed inside the open unit: roll it back at the end
     compare = False  # the open read scope also reads the secondary
+
+
+class _SecondaryUnit:
+    """The secondary's part of one write unit, left after the primary's.
+
+    It commits when the unit and the primary's commit succeeded and no secondary write failed
+    in the unit; otherwise it rolls back. Its own failures are counted (raised with
+    ``strict``), never allowed to undo the primary's commit.
+    """
+
+    __slots__ = ("dual", "scope")
+
+    def __init__(self, dual: DualStore) -> None:
+        self.dual = dual
+        self.scope: Any = None
+
+    def begin(self, *, savepoint: bool, outermost: bool) -> None:
+        self.scope = self.dual._begin_secondary(savepoint=savepoint, outermost=outermost)
+
+    def leave(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.scope is None:
+            return
+        if exc is not None:
+            self.dual._leave(self.scope, "rollback", abort=True)
+        else:
+            self.dual._leave(self.scope, "commit", abort=self.dual._local.broken)
 
 
 def _describe(primary: Any, secondary: Any) -> str:
@@ -230,16 +259,16 @@ class DualStore(BaseStore):
     # ----------------------------------------------------------------- scopes
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
+    def reading(self) -> Iterator[None]:
         local = self._local
         if local.depth:
             yield  # inside this thread's unit: the primary's unit answers
             return
-        with self.primary._reading():
+        with self.primary.reading():
             secondary = self.secondary
             scope = None
             if self.compare_reads and secondary is not None:
-                scope = self._enter(secondary._reading, "read")
+                scope = self._enter(secondary.reading, "read")
             local.compare = scope is not None
             try:
                 yield
@@ -259,53 +288,34 @@ class DualStore(BaseStore):
             return None
         if local.broken:
             return None
-        scope = self._enter(lambda: side._writing(savepoint=savepoint), "begin")
+        scope = self._enter(lambda: side.writing(savepoint=savepoint), "begin")
         local.broken = scope is None
         return scope
 
     @contextmanager
-    def _writing(self, *, savepoint: bool) -> Iterator[None]:
+    def writing(self, *, savepoint: bool) -> Iterator[None]:
         local = self._local
         outermost = local.depth == 0
         if outermost:
             local.broken = False
-        primary = self.primary._writing(savepoint=savepoint)
-        secondary = None
-        if outermost and self._secondary_first:
-            # strict: a secondary that cannot begin raises here, before the primary begins.
-            secondary = self._begin_secondary(savepoint=savepoint, outermost=outermost)
+        secondary = _SecondaryUnit(self)
+        with ExitStack() as stack:
+            # Pushed first, so it is left last: the primary commits (or rolls back) first.
+            stack.push(secondary.leave)
+            if outermost and self._secondary_first:
+                # strict: a secondary that cannot begin raises here, before the primary begins.
+                secondary.begin(savepoint=savepoint, outermost=outermost)
+                stack.enter_context(self.primary.writing(savepoint=savepoint))
+            else:
+                stack.enter_context(self.primary.writing(savepoint=savepoint))
+                # strict: a secondary that cannot begin raises here; the stack then closes
+                # the primary's unit with that error, so it does not stay open.
+                secondary.begin(savepoint=savepoint, outermost=outermost)
+            local.depth += 1
             try:
-                primary.__enter__()
-            except BaseException:
-                if secondary is not None:
-                    self._leave(secondary, "rollback", abort=True)
-                raise
-        else:
-            primary.__enter__()
-            try:
-                secondary = self._begin_secondary(savepoint=savepoint, outermost=outermost)
-            except BaseException as exc:  # strict: the primary's unit must not stay open
-                primary.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-        local.depth += 1
-        try:
-            yield
-        except BaseException as exc:
-            local.depth -= 1
-            if secondary is not None:
-                self._leave(secondary, "rollback", abort=True)
-            if not primary.__exit__(type(exc), exc, exc.__traceback__):
-                raise
-            return
-        local.depth -= 1
-        try:
-            primary.__exit__(None, None, None)  # the primary commits first
-        except BaseException:
-            if secondary is not None:
-                self._leave(secondary, "rollback", abort=True)
-            raise
-        if secondary is not None:
-            self._leave(secondary, "commit", abort=local.broken)
+                yield
+            finally:
+                local.depth -= 1
 
     @property
     def _side(self) -> BaseStore:
@@ -323,19 +333,21 @@ class DualStore(BaseStore):
 
     # ----------------------------------------------------------------- primitives
 
-    def _get(self, session_id: str) -> Session | None:
-        found = self.primary._get(session_id)
-        return self._compare("session", session_id, found, lambda: self._side._get(session_id))
+    def load_session(self, session_id: str) -> Session | None:
+        found = self.primary.load_session(session_id)
+        return self._compare(
+            "session", session_id, found, lambda: self._side.load_session(session_id)
+        )
 
-    def _put(self, session: Session) -> None:
-        self.primary._put(session)
-        self._mirror(lambda: self._side._put(session))
+    def save_session(self, session: Session) -> None:
+        self.primary.save_session(session)
+        self._mirror(lambda: self._side.save_session(session))
 
-    def _delete_sessions(self, session_ids: list[str]) -> None:
-        self.primary._delete_sessions(session_ids)
-        self._mirror(lambda: self._side._delete_sessions(session_ids))
+    def delete_sessions(self, session_ids: list[str]) -> None:
+        self.primary.delete_sessions(session_ids)
+        self._mirror(lambda: self._side.delete_sessions(session_ids))
 
-    def _select(
+    def select_sessions(
         self,
         now: datetime,
         *,
@@ -345,50 +357,53 @@ class DualStore(BaseStore):
         limit: int | None = None,
     ) -> list[Session]:
         def select(side: BaseStore) -> list[Session]:
-            return side._select(
+            return side.select_sessions(
                 now, active_only=active_only, notify_only=notify_only, ppid=ppid, limit=limit
             )
 
         what = f"list(active_only={active_only}, notify_only={notify_only}, ppid={ppid})"
         return self._compare("sessions", what, select(self.primary), lambda: select(self._side))
 
-    def _data_version(self) -> object:
-        return self.primary._data_version()  # the primary's records decide what is removed
+    def has_session(self, session_id: str) -> bool:
+        return self.primary.has_session(session_id)  # inside a write unit: the primary decides
 
-    def _expired_ids(self, now: datetime) -> list[str]:
-        return self.primary._expired_ids(now)
+    def data_version(self) -> object:
+        return self.primary.data_version()  # the primary's records decide what is removed
 
-    def _get_token(self, token: str) -> Token | None:
-        found = self.primary._get_token(token)
+    def expired_session_ids(self, now: datetime) -> list[str]:
+        return self.primary.expired_session_ids(now)
+
+    def load_token(self, token: str) -> Token | None:
+        found = self.primary.load_token(token)
         return self._compare(
-            "token", token_hint(token), found, lambda: self._side._get_token(token)
+            "token", token_hint(token), found, lambda: self._side.load_token(token)
         )
 
-    def _put_token(self, token: Token) -> None:
-        self.primary._put_token(token)
-        self._mirror(lambda: self._side._put_token(token))
+    def save_token(self, token: Token) -> None:
+        self.primary.save_token(token)
+        self._mirror(lambda: self._side.save_token(token))
 
-    def _delete_token(self, token: str) -> bool:
-        deleted = self.primary._delete_token(token)
-        self._mirror(lambda: self._side._delete_token(token))
+    def delete_token(self, token: str) -> bool:
+        deleted = self.primary.delete_token(token)
+        self._mirror(lambda: self._side.delete_token(token))
         return deleted
 
-    def _tokens_of(self, session_id: str) -> list[Token]:
-        found = self.primary._tokens_of(session_id)
+    def tokens_of(self, session_id: str) -> list[Token]:
+        found = self.primary.tokens_of(session_id)
         return self._compare(
-            "tokens of", session_id, found, lambda: self._side._tokens_of(session_id)
+            "tokens of", session_id, found, lambda: self._side.tokens_of(session_id)
         )
 
-    def _delete_expired_tokens(self, now: datetime) -> int:
-        deleted = self.primary._delete_expired_tokens(now)
-        self._mirror(lambda: self._side._delete_expired_tokens(now))
+    def delete_expired_tokens(self, now: datetime) -> int:
+        deleted = self.primary.delete_expired_tokens(now)
+        self._mirror(lambda: self._side.delete_expired_tokens(now))
         return deleted
 
-    def _session_of_live_token(self, token: str, now: datetime) -> Session | None:
-        found = self.primary._session_of_live_token(token, now)
+    def session_of_live_token(self, token: str, now: datetime) -> Session | None:
+        found = self.primary.session_of_live_token(token, now)
         return self._compare(
             "session of token",
             token_hint(token),
             found,
-            lambda: self._side._session_of_live_token(token, now),
+            lambda: self._side.session_of_live_token(token, now),
         )

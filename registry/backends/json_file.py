@@ -347,7 +347,7 @@ class JsonStore(BaseStore):
         self._unreadable: dict[str, dict[str, str]] = {SESSIONS_FILE: {}, TOKENS_FILE: {}}
         self._reset_for_process()
         self._guard(lambda: ensure_private_dir(self.data_dir))
-        with self._reading():  # refuse a corrupt file at open, not at first use
+        with self.reading():  # refuse a corrupt file at open, not at first use
             pass
 
     def _reset_for_process(self) -> None:
@@ -564,7 +564,7 @@ class JsonStore(BaseStore):
     # ----------------------------------------------------------------- scopes
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
+    def reading(self) -> Iterator[None]:
         self._check_process()
         if self._unit is not None and self._unit_thread == threading.get_ident():
             yield  # inside this thread's write unit: read its working state
@@ -577,7 +577,7 @@ class JsonStore(BaseStore):
                 self._view = None
 
     @contextmanager
-    def _writing(self, *, savepoint: bool) -> Iterator[None]:
+    def writing(self, *, savepoint: bool) -> Iterator[None]:
         self._check_process()
         unit = self._unit
         if unit is not None and self._unit_thread == threading.get_ident():
@@ -615,7 +615,7 @@ class JsonStore(BaseStore):
             raise RuntimeError("json store primitive used outside a read or write scope")
         return state
 
-    def _data_version(self) -> object:
+    def data_version(self) -> object:
         # Both files' (inode, size, mtime_ns) as the open scope loaded them: a committed change
         # replaces a file (a new inode), and the cached old file is kept open, so its inode
         # number cannot be handed to the new one.
@@ -636,7 +636,7 @@ class JsonStore(BaseStore):
         snapshot keeps insertion order); tokens whose session is gone and records that cannot
         be understood are left out, as every read leaves them out.
         """
-        with self._reading():
+        with self.reading():
             state = self._state()
             return list(state.sessions.values()), list(state.tokens.values())
 
@@ -647,7 +647,7 @@ class JsonStore(BaseStore):
         orphan tokens unless the export brings their session back (they would then show up,
         though the export's source, which is authoritative, does not hold them).
         """
-        with self._writing(savepoint=False):
+        with self.writing(savepoint=False):
             # Both files are written even when unchanged: an export must leave both behind.
             state = self._state()
             state.sessions = {s.session_id: s for s in sessions}
@@ -671,7 +671,7 @@ class JsonStore(BaseStore):
 
         Keys of the tokens file are tokens: shown as a short hash, never the value.
         """
-        with self._reading():
+        with self.reading():
             found = [
                 (SESSIONS_FILE, shown_legacy_key(key), why)
                 for key, why in self._unreadable[SESSIONS_FILE].items()
@@ -685,23 +685,23 @@ class JsonStore(BaseStore):
     @property
     def orphan_tokens(self) -> int:
         """How many readable tokens are hidden because their session is missing (kept)."""
-        with self._reading():
+        with self.reading():
             state = self._state()
             return len(state.hidden[TOKENS_FILE]) - len(self._unreadable[TOKENS_FILE])
 
     # ----------------------------------------------------------------- primitives
 
-    def _get(self, session_id: str) -> Session | None:
+    def load_session(self, session_id: str) -> Session | None:
         return self._state().sessions.get(session_id)
 
-    def _put(self, session: Session) -> None:
+    def save_session(self, session: Session) -> None:
         state = self._state()
         if state.sessions.get(session.session_id) != session:
             state.sessions[session.session_id] = session
             state.hidden[SESSIONS_FILE].discard(session.session_id)  # a write replaces it
             state.sessions_changed = True
 
-    def _delete_sessions(self, session_ids: list[str]) -> None:
+    def delete_sessions(self, session_ids: list[str]) -> None:
         state = self._state()
         doomed = set(session_ids)
         for session_id in doomed:
@@ -712,7 +712,7 @@ class JsonStore(BaseStore):
             state.tokens = kept
             state.tokens_changed = True
 
-    def _select(
+    def select_sessions(
         self,
         now: datetime,
         *,
@@ -732,32 +732,32 @@ class JsonStore(BaseStore):
         found.sort(key=lambda s: s.last_seen, reverse=True)
         return found if limit is None else found[:limit]
 
-    def _expired_ids(self, now: datetime) -> list[str]:
+    def expired_session_ids(self, now: datetime) -> list[str]:
         return [sid for sid, s in self._state().sessions.items() if not s.is_live(now)]
 
-    def _get_token(self, token: str) -> Token | None:
+    def load_token(self, token: str) -> Token | None:
         return self._state().tokens.get(token)
 
-    def _put_token(self, token: Token) -> None:
+    def save_token(self, token: Token) -> None:
         state = self._state()
         if state.tokens.get(token.token) != token:
             state.tokens[token.token] = token
             state.hidden[TOKENS_FILE].discard(token.token)  # a write replaces it
             state.tokens_changed = True
 
-    def _delete_token(self, token: str) -> bool:
+    def delete_token(self, token: str) -> bool:
         state = self._state()
         if state.tokens.pop(token, None) is None:
             return False
         state.tokens_changed = True
         return True
 
-    def _tokens_of(self, session_id: str) -> list[Token]:
+    def tokens_of(self, session_id: str) -> list[Token]:
         found = [t for t in self._state().tokens.values() if t.session_id == session_id]
         found.sort(key=lambda t: (t.created_at, t.token))
         return found
 
-    def _delete_expired_tokens(self, now: datetime) -> int:
+    def delete_expired_tokens(self, now: datetime) -> int:
         state = self._state()
         kept = {k: t for k, t in state.tokens.items() if t.is_live(now)}
         removed = len(state.tokens) - len(kept)

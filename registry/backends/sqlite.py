@@ -404,10 +404,10 @@ class SqliteStore(BaseStore):
 
     # ----------------------------------------------------------------- scopes
 
-    def _reading(self) -> AbstractContextManager[None]:
+    def reading(self) -> AbstractContextManager[None]:
         return self._read_scope
 
-    def _writing(self, *, savepoint: bool) -> AbstractContextManager[None]:
+    def writing(self, *, savepoint: bool) -> AbstractContextManager[None]:
         return _Unit(self, savepoint)
 
     # ----------------------------------------------------------------- one-statement writes
@@ -501,23 +501,23 @@ class SqliteStore(BaseStore):
 
     # ----------------------------------------------------------------- primitives
 
-    def _get(self, session_id: str) -> Session | None:
+    def load_session(self, session_id: str) -> Session | None:
         row = self._conn().execute(SELECT_SESSION, (session_id,)).fetchone()
         return None if row is None else decode_session(row)
 
-    def _has_session(self, session_id: str) -> bool:
+    def has_session(self, session_id: str) -> bool:
         return self._conn().execute(SESSION_EXISTS, (session_id,)).fetchone() is not None
 
-    def _put(self, session: Session) -> None:
+    def save_session(self, session: Session) -> None:
         self._conn().execute(UPSERT_SESSION, encode_session(session))
 
-    def _delete_sessions(self, session_ids: list[str]) -> None:
+    def delete_sessions(self, session_ids: list[str]) -> None:
         # Tokens go with them through ON DELETE CASCADE (foreign_keys is on for every connection).
         self._conn().executemany(
             "DELETE FROM sessions WHERE session_id = ?", [(sid,) for sid in session_ids]
         )
 
-    def _select(
+    def select_sessions(
         self,
         now: datetime,
         *,
@@ -546,40 +546,40 @@ class SqliteStore(BaseStore):
         rows = self._conn().execute(sql, (ppid, to_ms(now)) if "?" in sql else ())
         return [decode_session(row) for row in rows]
 
-    def _expired_ids(self, now: datetime) -> list[str]:
+    def expired_session_ids(self, now: datetime) -> list[str]:
         rows = self._conn().execute(
             "SELECT session_id FROM sessions WHERE expires_at <= ?", (to_ms(now),)
         )
         return [row[0] for row in rows]
 
-    def _get_token(self, token: str) -> Token | None:
+    def load_token(self, token: str) -> Token | None:
         row = self._conn().execute(SELECT_TOKEN, (token,)).fetchone()
         return None if row is None else decode_token(row)
 
-    def _put_token(self, token: Token) -> None:
+    def save_token(self, token: Token) -> None:
         self._conn().execute(UPSERT_TOKEN, encode_token(token))
 
-    def _delete_token(self, token: str) -> bool:
+    def delete_token(self, token: str) -> bool:
         return self._conn().execute("DELETE FROM tokens WHERE token = ?", (token,)).rowcount > 0
 
-    def _tokens_of(self, session_id: str) -> list[Token]:
+    def tokens_of(self, session_id: str) -> list[Token]:
         rows = self._conn().execute(
             f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE session_id = ? ORDER BY created_at, token",
             (session_id,),
         )
         return [decode_token(row) for row in rows]
 
-    def _delete_expired_tokens(self, now: datetime) -> int:
+    def delete_expired_tokens(self, now: datetime) -> int:
         cursor = self._conn().execute("DELETE FROM tokens WHERE expires_at <= ?", (to_ms(now),))
         return cursor.rowcount
 
-    def _data_version(self) -> object:
+    def data_version(self) -> object:
         # data_version changes when another connection (thread or process) commits;
         # total_changes counts this connection's own inserts, updates and deletes.
         conn = self._conn()
         return id(conn), conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes
 
-    def _session_of_live_token(self, token: str, now: datetime) -> Session | None:
+    def session_of_live_token(self, token: str, now: datetime) -> Session | None:
         # One statement, so the token and its session come from one snapshot.
         row = self._conn().execute(_SESSION_OF_TOKEN, (token, to_ms(now))).fetchone()
         return None if row is None else decode_session(row)
@@ -613,7 +613,7 @@ class SqliteStore(BaseStore):
 
     def load(self, sessions: list[Session], tokens: list[Token], meta: dict[str, str]) -> None:
         """Insert records and meta entries in one transaction (the import's bulk path)."""
-        with self._writing(savepoint=False):
+        with self.writing(savepoint=False):
             conn = self._conn()
             conn.executemany(UPSERT_SESSION, [encode_session(s) for s in sessions])
             conn.executemany(UPSERT_TOKEN, [encode_token(t) for t in tokens])

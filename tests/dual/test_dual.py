@@ -179,7 +179,7 @@ def test_a_secondary_failing_mid_unit_keeps_none_of_the_unit(
     def broken(*_args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dual.secondary, "_put_token", broken)
+    monkeypatch.setattr(dual.secondary, "save_token", broken)
     with dual.atomic():
         dual.sessions.register("unit")
         dual.tokens.store_token("unit-token", "unit", 1)
@@ -203,7 +203,7 @@ def test_strict_secondary_failure_mid_unit_rolls_back_both(
         raise sqlite3.OperationalError("disk I/O error")
 
     with store:
-        monkeypatch.setattr(store.secondary, "_put_token", broken)
+        monkeypatch.setattr(store.secondary, "save_token", broken)
         with pytest.raises(RegistryError), store.atomic():
             store.sessions.register("unit")
             store.tokens.store_token("unit-token", "unit", 1)

@@ -58,7 +58,7 @@ def test_no_raw_token_leaks(
                 store.tokens.get_session_by_token(token.token)
                 monkeypatch.setattr(
                     store.secondary,
-                    "_put_token",
+                    "save_token",
                     lambda t: (_ for _ in ()).throw(OSError(5, "EIO")),
                 )
                 minted.append(store.tokens.mint_token("s1", 7).token)  # logs a secondary failure

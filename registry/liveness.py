@@ -7,7 +7,7 @@ import sys
 
 import psutil
 
-__all__ = ["is_process_alive"]
+__all__ = ["is_process_alive", "proc_timestamp"]
 
 
 def is_process_alive(pid: int, start_time: int | None = None, *, tolerance_s: float = 2) -> bool:
@@ -36,12 +36,21 @@ def is_process_alive(pid: int, start_time: int | None = None, *, tolerance_s: fl
     return _proc_entry_matches(pid, start_time, tolerance_s)
 
 
-def _proc_entry_matches(pid: int, start_time: int, tolerance_s: float) -> bool:
-    # Legacy hooks ran `stat -c %Y /proc/<pid>`: the mtime of the /proc entry, set when the
-    # kernel first instantiated it, which is usually but not always the process's start.
-    if not sys.platform.startswith("linux"):
-        return False
+def proc_timestamp(pid: int) -> int | None:
+    """The timestamp of ``/proc/<pid>`` in whole epoch seconds, or None (no such entry, not Linux).
+
+    Legacy hooks ran ``stat -c %Y /proc/<pid>``, and the legacy daemon's dead-session check
+    compares a session's ``start_time`` with this value (within 2 s): the time the kernel first
+    instantiated the entry, which is usually but not always the process's start.
+    """
+    if not sys.platform.startswith("linux") or pid <= 0:
+        return None
     try:
-        return abs(os.stat(f"/proc/{pid}").st_mtime - start_time) <= tolerance_s
+        return int(os.stat(f"/proc/{pid}").st_mtime)
     except OSError:
-        return False
+        return None
+
+
+def _proc_entry_matches(pid: int, start_time: int, tolerance_s: float) -> bool:
+    stamp = proc_timestamp(pid)
+    return stamp is not None and abs(stamp - start_time) <= tolerance_s

@@ -129,7 +129,7 @@ class Difference:
 
 
 def _plain(value: Any) -> Any:
-    """A field value as the CLI's JSON shows it (the shapes of ``session_to_json``)."""
+    """A field value as the CLI's JSON shows it (the shapes of ``cli.session_to_json``)."""
     from registry.models import FrozenMap, Transport, iso
 
     if isinstance(value, datetime):
@@ -648,6 +648,33 @@ def stored_report(db_path: str | os.PathLike[str]) -> MigrationReport | None:
 # --------------------------------------------------------------------------- export
 
 
+def _legacy_start_times(store: Store) -> None:
+    """Give every live agent on this machine the ``start_time`` the legacy daemon expects.
+
+    On sqlite the hook records a process's real start time; the legacy daemon's dead-session
+    check compares ``start_time`` with the timestamp of ``/proc/<pid>`` (within 2 s), which can
+    be later. Exported as it is, a live session could be removed by the legacy daemon once it
+    runs again (a rollback). So before the export reads the database, each running session whose
+    agent is alive and whose ``start_time`` is not within 2 s of that timestamp takes it, in the
+    database too (so ``verify`` still finds the two sides equal); this project's own check
+    accepts either value (SPEC 7). The probe runs outside any transaction; a session changed
+    meanwhile is left alone.
+    """
+    from registry.liveness import is_process_alive, proc_timestamp
+
+    for session in store.sessions.list_sessions(active_only=True):
+        if session.ppid is None or session.start_time is None:
+            continue
+        stamp = proc_timestamp(session.ppid)
+        if stamp is None or abs(stamp - session.start_time) <= 2:
+            continue
+        if not is_process_alive(session.ppid, session.start_time):
+            continue
+        with store.atomic():
+            if store.sessions.get(session.session_id) == session:
+                store.sessions.update(session.session_id, start_time=stamp)
+
+
 def export_json(
     db_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -659,8 +686,9 @@ def export_json(
     The content comes from one read transaction (WAL included) and both files are replaced as
     one all-or-nothing unit, under the json backend's lock, so a json store using ``out_dir``
     never sees half an export. Tokens are written in full: the legacy format needs them.
-    Records in ``out_dir``'s files that cannot be understood are kept (see
-    :meth:`JsonStore.replace_contents`). Whatever the database holds is written: a record
+    A live agent's ``start_time`` first becomes the one the legacy daemon expects
+    (:func:`_legacy_start_times`). Records in ``out_dir``'s files that cannot be understood are
+    kept (see :meth:`JsonStore.replace_contents`). Whatever the database holds is written: a record
     beyond our API's limits as it is, and text that UTF-8 cannot encode as a JSON escape.
     ``progress(done, total)`` counts the records read, then written.
     :raises MigrationError: if the database does not exist.
@@ -675,6 +703,7 @@ def export_json(
         db_path, clock=_utcnow, session_ttl=DEFAULT_TTL, token_ttl=DEFAULT_TTL, lock_timeout_s=10
     )
     try:
+        _legacy_start_times(source)
         sessions, tokens = source.snapshot()
     finally:
         source.close()

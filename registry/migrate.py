@@ -399,7 +399,8 @@ def _build(
         skipped=skipped,
         sources=sources,
         db_path=str(db_path),
-        imported_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        # ISO-8601 UTC with a Z, as every timestamp the CLI prints.
+        imported_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         backup=None if backup is None else str(backup),
     )
     _remove_stale_builds(db_path)

@@ -206,9 +206,46 @@ def sessions_table(sessions: Sequence[Session]) -> str:
     return table(headers, rows)
 
 
-def session_detail(session: Session, *, tokens: int | None = None) -> str:
-    from registry.models import session_to_json
+def session_to_json(session: Session) -> dict[str, Any]:
+    """A session as ``--json`` prints it: model field names, ISO-8601 timestamps."""
+    from registry.models import iso
 
+    return {
+        "session_id": session.session_id,
+        "ppid": session.ppid,
+        "pid": session.pid,
+        "start_time": session.start_time,
+        "cwd": session.cwd,
+        "label": session.label,
+        "notify": session.notify,
+        "transport": {
+            "kind": session.transport.kind,
+            "details": session.transport.details.to_dict(),
+        },
+        "state": session.state,
+        "created_at": iso(session.created_at),
+        "updated_at": iso(session.updated_at),
+        "last_seen": iso(session.last_seen),
+        "expires_at": iso(session.expires_at),
+    }
+
+
+def token_to_json(token: Token, *, reveal: bool = False) -> dict[str, Any]:
+    """A token as the CLI prints it; the value itself only when ``reveal``, else a short hash."""
+    from registry.models import iso, token_hint
+
+    return {
+        "token": token.token if reveal else token_hint(token.token),
+        "session_id": token.session_id,
+        "chat_id": token.chat_id,
+        "scopes": list(token.scopes),
+        "context": token.context.to_dict(),
+        "created_at": iso(token.created_at),
+        "expires_at": iso(token.expires_at),
+    }
+
+
+def session_detail(session: Session, *, tokens: int | None = None) -> str:
     data = session_to_json(session)
     transport = data.pop("transport")
     state = shown_state(session, utc_now())
@@ -223,8 +260,6 @@ def session_detail(session: Session, *, tokens: int | None = None) -> str:
 
 
 def tokens_table(tokens: Sequence[Token], *, reveal: bool) -> str:
-    from registry.models import token_to_json
-
     if not tokens:
         return "no tokens"
     rows = []
@@ -362,8 +397,6 @@ def session_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    from registry.models import session_to_json
-
     with open_configured(args, create=False) as store:
         found = store.sessions.list_sessions(active_only=args.active, notify_only=args.notify)
     emit(args, [session_to_json(s) for s in found], lambda: sessions_table(found))
@@ -371,8 +404,6 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_show(args: argparse.Namespace) -> int:
-    from registry.models import session_to_json
-
     with open_configured(args, create=False) as store:
         session = store.sessions.get(args.session_id)
         if session is None:
@@ -384,8 +415,6 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_register(args: argparse.Namespace) -> int:
-    from registry.models import session_to_json
-
     with open_configured(args) as store:
         session = store.sessions.register(args.session_id, **session_changes(args))
     emit(args, session_to_json(session), lambda: session_detail(session))
@@ -393,8 +422,6 @@ def cmd_sessions_register(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_update(args: argparse.Namespace) -> int:
-    from registry.models import session_to_json
-
     changes = session_changes(args)
     for name in args.clear:
         changes[name] = None
@@ -419,7 +446,7 @@ def cmd_sessions_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_mint(args: argparse.Namespace) -> int:
-    from registry.models import iso, token_to_json
+    from registry.models import iso
 
     with open_configured(args) as store:
         token = store.tokens.mint_token(
@@ -440,7 +467,6 @@ def cmd_tokens_mint(args: argparse.Namespace) -> int:
 
 def cmd_tokens_validate(args: argparse.Namespace) -> int:
     from registry.errors import ChatMismatch, TokenExpired, TokenInvalid
-    from registry.models import token_to_json
 
     with open_configured(args, create=False) as store:
         try:
@@ -472,8 +498,6 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_list(args: argparse.Namespace) -> int:
-    from registry.models import token_to_json
-
     with open_configured(args, create=False) as store:
         if store.sessions.get(args.session_id) is None:
             raise CommandError(f"no session {args.session_id!r}", EXIT_NOT_FOUND)

@@ -1,4 +1,7 @@
-"""The data model (SPEC 2) and its conversions to and from each on-disk format.
+"""The data model (SPEC 2), its time helpers, and the legacy JSON format's codec.
+
+The sqlite row codec lives in :mod:`registry.backends.sqlite_sql` (beside the statements it
+feeds), the CLI's JSON shapes in :mod:`registry.cli`.
 
 Models are frozen attrs classes that validate on construction, so a record that exists is a
 valid record: bad input raises :class:`~registry.errors.ValidationError` before anything can
@@ -50,12 +53,10 @@ __all__ = [
     "iso",
     "parse_json_object",
     "session_from_legacy",
-    "session_to_json",
     "session_to_legacy",
     "to_ms",
     "token_from_legacy",
     "token_hint",
-    "token_to_json",
     "token_to_legacy",
     "unwrap_sessions_document",
 ]
@@ -254,41 +255,6 @@ def differing_fields(a: Session | Token, b: Session | Token) -> list[str]:
 def iso(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and a ``Z``, as the CLI prints timestamps."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def session_to_json(session: Session) -> dict[str, Any]:
-    """A session as the CLI's ``--json`` prints it: model field names, ISO-8601 timestamps."""
-    return {
-        "session_id": session.session_id,
-        "ppid": session.ppid,
-        "pid": session.pid,
-        "start_time": session.start_time,
-        "cwd": session.cwd,
-        "label": session.label,
-        "notify": session.notify,
-        "transport": {
-            "kind": session.transport.kind,
-            "details": session.transport.details.to_dict(),
-        },
-        "state": session.state,
-        "created_at": iso(session.created_at),
-        "updated_at": iso(session.updated_at),
-        "last_seen": iso(session.last_seen),
-        "expires_at": iso(session.expires_at),
-    }
-
-
-def token_to_json(token: Token, *, reveal: bool = False) -> dict[str, Any]:
-    """A token as the CLI prints it; the value itself only when ``reveal``, else a short hash."""
-    return {
-        "token": token.token if reveal else token_hint(token.token),
-        "session_id": token.session_id,
-        "chat_id": token.chat_id,
-        "scopes": list(token.scopes),
-        "context": token.context.to_dict(),
-        "created_at": iso(token.created_at),
-        "expires_at": iso(token.expires_at),
-    }
 
 
 def check_update(changes: Mapping[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """The sqlite backend: one database file in WAL mode (SPEC 4).
 
-The SQL, the schema and the connection pragmas live in :mod:`registry.backends.sqlite_sql`.
-The store's one transaction helper, :meth:`SqliteStore._transaction`, begins every writing unit
-with ``BEGIN IMMEDIATE`` and nests units as savepoints.
+The SQL, the schema, the connection pragmas and the row codec live in
+:mod:`registry.backends.sqlite_sql`. The store's one transaction helper, :class:`_Unit`, begins
+every writing unit with ``BEGIN IMMEDIATE`` and nests units as savepoints.
 
 Life cycle of connections (SPEC 4, "safe across threads and after fork()"):
 

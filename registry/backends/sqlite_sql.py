@@ -1,8 +1,9 @@
-"""The sqlite backend's SQL, connection set-up and schema, without the models.
+"""The sqlite backend's SQL, connection set-up, schema, error translation and row codec.
 
 :class:`registry.backends.sqlite.SqliteStore` is built on these functions, and so is the hook's
 fast path (``ccr-registry hook``), which writes one session without importing attrs: both run
-the very same statements, so the contract suite that tests the store tests the hook's writes.
+the very same statements through the same encoder, so the contract suite that tests the store
+tests the hook's writes. The decoders need the models and are bound on first import.
 
 Every connection gets ``foreign_keys=ON`` (off by default, per connection: without it ON DELETE
 CASCADE silently does nothing), ``synchronous=NORMAL``, a busy timeout, and

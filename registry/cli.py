@@ -997,6 +997,13 @@ def run_command(arguments: list[str]) -> int:
         return fail(args, str(exc), EXIT_USAGE)
     except RegistryError as exc:
         return fail(args, str(exc), EXIT_STORE)
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
+    except OSError as exc:
+        # A path the command itself looks at (a data directory this user cannot search, a name
+        # too long): the library translates its own, this is the last line before a traceback.
+        reason = exc.strerror or str(exc)
+        return fail(args, f"{exc.filename}: {reason}" if exc.filename else reason, EXIT_STORE)
     except KeyboardInterrupt:
         return fail(args, "interrupted", 130)
 

@@ -42,10 +42,15 @@ def run_checks(config: StoreConfig, *, config_error: str | None = None) -> list[
     else:
         checks = [Check("config", "info", f"backend {config.backend} from {config.source}")]
     data_dir = config.data_dir
-    if not data_dir.exists():
+    try:
+        exists, is_dir = data_dir.exists(), data_dir.is_dir()
+    except OSError as exc:  # a name too long, a parent this user cannot search
+        checks.append(Check("data dir", "fail", f"{data_dir}: {exc.strerror}"))
+        return checks
+    if not exists:
         checks.append(Check("data dir", "warn", f"{data_dir} does not exist yet"))
         return checks
-    if not data_dir.is_dir():
+    if not is_dir:
         checks.append(Check("data dir", "fail", f"{data_dir} is not a directory"))
         return checks
     steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
@@ -106,6 +111,23 @@ def _filesystem_check(data_dir: Path, mounts: Path = Path("/proc/mounts")) -> Ch
     return Check("filesystem", "ok", kind)
 
 
+def _journal_check(data_dir: Path) -> Check:
+    """A commit journal left by a writer that died: the next writer rolls it forward; one
+    this backend did not write makes every command refuse the store."""
+    from registry.backends.json_file import read_journal
+    from registry.errors import RegistryError
+
+    try:
+        pairs = read_journal(data_dir)
+    except RegistryError as exc:
+        return Check("journal", "fail", str(exc))
+    except OSError as exc:
+        return Check("journal", "fail", f"cannot be read: {exc.strerror}")
+    if pairs is None:
+        return Check("journal", "ok", "none")
+    return Check("journal", "warn", "an interrupted commit; the next write completes it")
+
+
 def _legacy_checks(data_dir: Path) -> list[Check]:
     from registry.backends.json_file import inspect_files
     from registry.errors import RegistryError
@@ -120,6 +142,7 @@ def _legacy_checks(data_dir: Path) -> list[Check]:
             checks.append(_mode_check(f"{name} mode", path, 0o600))
         else:
             checks.append(Check(name, "info", "absent"))
+    checks.append(_journal_check(data_dir))
     if present:
         try:
             counts = inspect_files(data_dir)

@@ -168,12 +168,24 @@ def store_exists(config: StoreConfig) -> bool:
 
     A command that only reads asks this first: opening a store creates the data directory and
     the database, and may import the legacy files (SPEC 6). sqlite needs its database file; json
-    its data directory (missing files are an empty store); dual both of its sides.
+    one of its files (or its journal); dual both of its sides.
     :raises ConfigError: for an unknown backend, as :func:`open_store` would.
     """
     check_backends(config)
-    if config.backend == "json":
-        return config.data_dir.is_dir()
-    if config.backend == "sqlite":
-        return config.db_path.is_file()
-    return config.data_dir.is_dir() and config.db_path.is_file()
+    try:
+        if config.backend == "json":
+            return _json_files_exist(config.data_dir)
+        if config.backend == "sqlite":
+            return config.db_path.is_file()
+        return _json_files_exist(config.data_dir) and config.db_path.is_file()
+    except OSError as exc:  # a path too long, a directory this user cannot search
+        raise RegistryError(f"{exc.filename or config.data_dir}: {exc.strerror}") from exc
+
+
+def _json_files_exist(data_dir: Path) -> bool:
+    # The json store exists once something was written: one of its files or its journal. A
+    # directory without them (a mistyped --data-dir, a home directory) is not a store, and a
+    # read must not create its lock file there.
+    from registry.backends.json_file import JOURNAL_FILE, SESSIONS_FILE, TOKENS_FILE
+
+    return any((data_dir / name).is_file() for name in (SESSIONS_FILE, TOKENS_FILE, JOURNAL_FILE))

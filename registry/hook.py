@@ -78,6 +78,8 @@ def is_hook_invocation(argv: list[str], commands: tuple[str, ...]) -> bool:
     The command word is the first word that names one of ``commands``, values of the global
     options skipped: a mistyped option before ``hook`` still reaches the hook, which reports
     it and exits 0 (argparse would exit 2, which Claude Code reads as "block this action").
+    With no command word at all, a ``hook`` taken as an option's value still makes it a hook
+    invocation: ``--data-dir $UNSET hook session-start`` is a hook with a missing value.
     """
     index = 0
     while index < len(argv):
@@ -90,7 +92,7 @@ def is_hook_invocation(argv: list[str], commands: tuple[str, ...]) -> bool:
         if word in commands:
             return word == "hook" and not any(w in ("-h", "--help") for w in argv[index + 1 :])
         index += 1
-    return False
+    return "hook" in argv
 
 
 def parse(argv: list[str]) -> Options:
@@ -104,7 +106,8 @@ def parse(argv: list[str]) -> Options:
         if name in VALUE_OPTIONS:
             if not sep:
                 value = next(words, "")
-                if not value:
+                # `--data-dir $UNSET hook ...`: the command word taken as the value.
+                if not value or (value == "hook" and argv.count("hook") == 1):
                     raise HookUsage(f"{name} needs a value")
             setattr(options, name[2:].replace("-", "_"), value)
         elif word not in FLAG_OPTIONS:

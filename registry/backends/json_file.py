@@ -227,19 +227,19 @@ _TEMP_NAME = re.compile(
 )
 
 
-def recover_journal(data_dir: Path) -> None:
-    """Roll a committed journal in ``data_dir`` forward (the lock is held).
+def read_journal(data_dir: Path) -> list[tuple[str, str]] | None:
+    """The (temp file, data file) renames of a committed journal in ``data_dir``, checked.
 
-    Only the names this backend writes are accepted: a temp file of our own naming (its random
-    part included) moved onto the data file it was written for, each data file at most once.
-    Anything else is refused before a single file is renamed, so a tampered journal cannot
-    move one data file over the other.
+    None when there is no journal. Only the names this backend writes are accepted: a temp file
+    of our own naming (its random part included) moved onto the data file it was written for,
+    each data file at most once.
+    :raises StoreCorrupted: for a journal that is not one this backend wrote.
     """
     journal = data_dir / JOURNAL_FILE
     try:
         raw = journal.read_bytes()
     except FileNotFoundError:
-        return
+        return None
     try:
         moves = json.loads(raw)
         pairs = [(m["temp"], m["target"]) for m in moves]
@@ -250,6 +250,21 @@ def recover_journal(data_dir: Path) -> None:
         match = _TEMP_NAME.fullmatch(temp) if isinstance(temp, str) else None
         if match is None or match.group(1) != target or targets.count(target) != 1:
             raise StoreCorrupted(f"{journal}: journal names files this store does not write")
+    return pairs
+
+
+def recover_journal(data_dir: Path) -> None:
+    """Roll a committed journal in ``data_dir`` forward (the lock is held).
+
+    Only the names this backend writes are accepted: a temp file of our own naming (its random
+    part included) moved onto the data file it was written for, each data file at most once.
+    Anything else is refused before a single file is renamed, so a tampered journal cannot
+    move one data file over the other.
+    """
+    journal = data_dir / JOURNAL_FILE
+    pairs = read_journal(data_dir)
+    if pairs is None:
+        return
     for temp, target in pairs:
         if (data_dir / temp).exists():
             os.replace(data_dir / temp, data_dir / target)

@@ -281,9 +281,9 @@ def test_cutover_commands(run: Run, tmp_path: Path) -> None:
 def test_verify_against_another_config(run: Run, tmp_path: Path) -> None:
     other = tmp_path / "other.toml"
     other.write_text(f'[store]\nbackend = "json"\ndata_dir = "{tmp_path / "other"}"\n')
-    (tmp_path / "other").mkdir()
-    run("sessions", "register", "gone")  # creates this side's store; verify only reads
-    run("sessions", "remove", "gone")
+    for config in ([], ["--config", str(other)]):  # create both stores: verify only reads
+        run(*config, "sessions", "register", "gone")
+        run(*config, "sessions", "remove", "gone")
     assert run("--json", "verify", "--against", str(other)).returncode == 0
     run("sessions", "register", "only-here")
     done = run("--json", "verify", "--against", str(other))

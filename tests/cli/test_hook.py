@@ -95,6 +95,9 @@ def test_defaults_are_the_config_defaults() -> None:
         (("hook", "session-start", "extra"), "unexpected argument 'extra'"),
         (("--data-dri", "x", "hook", "session-start"), "unknown option '--data-dri'"),
         (("--backend", "postgres", "hook", "session-start"), "--backend 'postgres'"),
+        # An unset variable in the hook's command line: `--data-dir $UNSET hook session-start`.
+        (("--data-dir", "hook", "session-start"), "--data-dir needs a value"),
+        (("--config", "hook", "session-end"), "--config needs a value"),
     ],
 )
 def test_a_hook_usage_error_exits_0_with_one_warning(

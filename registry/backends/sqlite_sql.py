@@ -81,13 +81,10 @@ TOKEN_FIELDS: Final = (
 SESSION_COLUMNS: Final = ", ".join(SESSION_FIELDS)
 TOKEN_COLUMNS: Final = ", ".join(TOKEN_FIELDS)
 ORDER: Final = "ORDER BY last_seen DESC, session_id ASC"
-# The session fields the API can set (register, update, the hook): every column but the
-# timestamps, with the transport as one field of two columns.
-GIVEN_FIELDS: Final = (
-    "ppid", "pid", "start_time", "cwd", "label", "notify", "transport", "state",
-)  # fmt: skip
-# Columns of register's statement, in parameter order (?1 ... ?10), then now and expires_at.
-GIVEN_COLUMNS: Final = SESSION_FIELDS[:10]
+# The timestamp columns, which the store sets itself; every other session column is given
+# (register, update, the hook), session_id first.
+STAMPS: Final = ("created_at", "updated_at", "last_seen", "expires_at")
+GIVEN_COLUMNS: Final = tuple(c for c in SESSION_FIELDS if c not in STAMPS)
 
 
 def _params(count: int) -> str:
@@ -115,20 +112,26 @@ UPSERT_TOKEN: Final = (
 )
 
 # register's merge in one statement: a parameter given as NULL keeps the stored value on update,
-# or takes the column's default on insert; created_at is set on insert only. Parameters: ?1 to
-# ?10 the GIVEN_COLUMNS, ?11 now, ?12 expires_at. The row is read back with SELECT_SESSION in the
-# same transaction: RETURNING cost 0.7 to 0.9 us more per write (SQLite buffers returned rows).
+# or takes the column's default on insert; created_at is set on insert only. Parameters: the
+# GIVEN_COLUMNS in order (?1 ...), then now and expires_at. The row is read back with
+# SELECT_SESSION in the same transaction: RETURNING cost 0.7 to 0.9 us more per write (SQLite
+# buffers returned rows).
 _DEFAULTS: Final = {"notify": "0", "transport_kind": "'unknown'", "transport_details": "'{}'",
                     "state": "'running'"}  # fmt: skip
+_P: Final = {c: f"?{i}" for i, c in enumerate(GIVEN_COLUMNS, 1)}
+_NOW: Final = f"?{len(GIVEN_COLUMNS) + 1}"
+_EXPIRES: Final = f"?{len(GIVEN_COLUMNS) + 2}"
 REGISTER: Final = (
     f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ("
     + ", ".join(
-        f"COALESCE(?{i}, {_DEFAULTS[c]})" if c in _DEFAULTS else f"?{i}"
-        for i, c in enumerate(GIVEN_COLUMNS, 1)
+        (_EXPIRES if c == "expires_at" else _NOW)
+        if c in STAMPS
+        else (f"COALESCE({_P[c]}, {_DEFAULTS[c]})" if c in _DEFAULTS else _P[c])
+        for c in SESSION_FIELDS
     )
-    + ", ?11, ?11, ?11, ?12) ON CONFLICT (session_id) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(?{i}, {c})" for i, c in enumerate(GIVEN_COLUMNS, 1) if i > 1)
-    + ", updated_at = ?11, last_seen = ?11, expires_at = ?12"
+    + ") ON CONFLICT (session_id) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE({_P[c]}, {c})" for c in GIVEN_COLUMNS[1:])
+    + f", updated_at = {_NOW}, last_seen = {_NOW}, expires_at = {_EXPIRES}"
 )
 TOUCH: Final = "UPDATE sessions SET last_seen = ?, expires_at = ? WHERE session_id = ?"
 REMOVE: Final = "DELETE FROM sessions WHERE session_id = ?"
@@ -222,6 +225,8 @@ def _check_transport(value: object) -> tuple[str, dict[str, Any]]:
     return check_kind(pair[0]), check_details(pair[1])
 
 
+# The session fields the API can set, by model name (the transport is one field of two columns),
+# each with its check.
 _CHECKS: Final[dict[str, Callable[[object], object]]] = {
     "ppid": lambda v: check_pid("ppid", v),
     "pid": lambda v: check_pid("pid", v),
@@ -232,7 +237,7 @@ _CHECKS: Final[dict[str, Callable[[object], object]]] = {
     "transport": _check_transport,
     "state": check_state,
 }
-assert tuple(_CHECKS) == GIVEN_FIELDS
+GIVEN_FIELDS: Final = tuple(_CHECKS)
 
 
 def encode_given(values: Mapping[str, Any], *, check: bool = True) -> dict[str, Any]:
@@ -265,28 +270,14 @@ def encode_given(values: Mapping[str, Any], *, check: bool = True) -> dict[str, 
 
 def encode_session(session: Any) -> tuple[Any, ...]:
     """A whole Session model as a row of SESSION_FIELDS (the upsert's parameters)."""
-    transport = session.transport
-    given = encode_given(
-        {
-            "ppid": session.ppid,
-            "pid": session.pid,
-            "start_time": session.start_time,
-            "cwd": session.cwd,
-            "label": session.label,
-            "notify": session.notify,
-            "transport": (transport.kind, transport.details),
-            "state": session.state,
-        },
-        check=False,
-    )
-    return (
-        session.session_id,
-        *(given[column] for column in GIVEN_COLUMNS[1:]),
-        ms_of(session.created_at),
-        ms_of(session.updated_at),
-        ms_of(session.last_seen),
-        ms_of(session.expires_at),
-    )
+    values = {name: getattr(session, name) for name in GIVEN_FIELDS}
+    transport = values["transport"]
+    values["transport"] = (transport.kind, transport.details)
+    columns = encode_given(values, check=False)
+    columns["session_id"] = session.session_id
+    for stamp in STAMPS:
+        columns[stamp] = ms_of(getattr(session, stamp))
+    return tuple(columns[c] for c in SESSION_FIELDS)
 
 
 def encode_token(token: Any) -> tuple[Any, ...]:
@@ -306,7 +297,10 @@ def register_params(
     session_id: str, given: dict[str, Any], now: int, expires_at: int
 ) -> tuple[Any, ...]:
     """REGISTER's parameters: the encoded given columns (None: not given), now, expires_at."""
-    return (session_id, *(given.get(c) for c in GIVEN_COLUMNS[1:]), now, expires_at)
+    return (session_id, *[given.get(c) for c in _GIVEN_TAIL], now, expires_at)
+
+
+_GIVEN_TAIL: Final = GIVEN_COLUMNS[1:]
 
 
 # Column positions by name, for the decoders.
@@ -343,11 +337,17 @@ def _bind_decoders() -> None:
     (s_id, s_ppid, s_pid, s_start, s_cwd, s_label, s_notify, s_transport, s_state,
      s_created, s_updated, s_seen, s_expires) = s_set.values()  # fmt: skip
     t_token, t_sid, t_chat, t_scopes, t_context, t_created, t_expires = t_set.values()
-    assert list(s_set) == [*SESSION_FIELDS[:7], "transport", *SESSION_FIELDS[9:]]
+    assert list(s_set) == [
+        "transport" if c == "transport_kind" else c
+        for c in SESSION_FIELDS
+        if c != "transport_details"
+    ]
     assert list(t_set) == list(TOKEN_FIELDS)
-    i_id, i_ppid, i_pid, i_start, i_cwd, i_label, i_notify = (_S[f] for f in SESSION_FIELDS[:7])
+    i_id, i_ppid, i_pid, i_start, i_cwd, i_label, i_notify = (
+        _S[f] for f in ("session_id", "ppid", "pid", "start_time", "cwd", "label", "notify")
+    )
     i_kind, i_details, i_state = _S["transport_kind"], _S["transport_details"], _S["state"]
-    i_created, i_updated, i_seen, i_expires = (_S[f] for f in SESSION_FIELDS[10:])
+    i_created, i_updated, i_seen, i_expires = (_S[f] for f in STAMPS)
 
     # Rows repeat values: sessions share transports and timestamps (created, updated and
     # last_seen are often one moment), tokens share scopes. The objects are immutable, so one

@@ -304,6 +304,25 @@ def _trusted(cls: type[Any], values: dict[str, Any]) -> Any:
     return record
 
 
+_SESSION_FIELDS: Final = tuple(field.name for field in attrs.fields(Session))
+_TIMESTAMPS: Final = frozenset({"created_at", "updated_at", "last_seen", "expires_at"})
+
+
+def changed_session(session: Session, **changes: Any) -> Session:
+    """``session`` with ``changes`` applied, checking only the changes.
+
+    The caller has validated the changed values (``check_update``); timestamps are normalised
+    here. The other fields are kept as they were read, without the API's limits: a record the
+    legacy daemon wrote beyond one of them (a long label, many detail keys) stays writable by
+    ``touch``, ``update`` and ``register``, as it is readable (``attrs.evolve`` would re-run
+    every validator and refuse it).
+    """
+    values = {name: getattr(session, name) for name in _SESSION_FIELDS}
+    for name, value in changes.items():
+        values[name] = utc_ms(value) if name in _TIMESTAMPS else value
+    return _trusted(Session, values)  # type: ignore[no-any-return]
+
+
 # --------------------------------------------------------------------------- legacy JSON format
 #
 # Another program (the legacy daemon) writes these files too, so reading them follows its rules,

@@ -19,8 +19,6 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
-
 from registry.errors import (
     ChatMismatch,
     RegistryError,
@@ -36,6 +34,7 @@ from registry.models import (
     Token,
     Transport,
     add_ttl,
+    changed_session,
     check_update,
     to_ms,
     utc_ms,
@@ -316,6 +315,7 @@ class BaseStore(StorageBackend):
             )
             if value is not None
         }
+        check_update(given)
         with self._write() as now:
             stamps: dict[str, Any] = {
                 "updated_at": now,
@@ -326,7 +326,7 @@ class BaseStore(StorageBackend):
             if existing is None:
                 session = Session(session_id=session_id, created_at=now, **given, **stamps)
             else:
-                session = attrs.evolve(existing, **given, **stamps)
+                session = changed_session(existing, **given, **stamps)
             self.save_session(session)
         return session
 
@@ -364,13 +364,13 @@ class BaseStore(StorageBackend):
         check_update(changes)
         is_key("session_id", session_id)  # a non-string id is refused before the write unit
         with self._write() as now:
-            session = attrs.evolve(self._require(session_id), **changes, updated_at=now)
+            session = changed_session(self._require(session_id), **changes, updated_at=now)
             self.save_session(session)
         return session
 
     def touch(self, session_id: str) -> Session:
         with self._write() as now:
-            session = attrs.evolve(
+            session = changed_session(
                 self._require(session_id),
                 last_seen=now,
                 expires_at=add_ttl(now, self._session_ttl),

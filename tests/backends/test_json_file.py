@@ -453,9 +453,10 @@ def test_records_beyond_our_api_limits_are_read_as_they_are(
     }
     write_files(tmp_path, sessions, tokens)
     with open_json(tmp_path, clock) as store:
-        assert isinstance(store, JsonStore) and store.unreadable_records == 0
-        # An id longer than our API accepts is listed (a lookup by it cannot be asked for).
-        assert long_id in {s.session_id for s in store.sessions.list_sessions()}
+        # An id longer than our API accepts could be listed but never looked up: it is one of
+        # the records this project cannot understand (hidden, counted, kept; test_json_legacy_ids).
+        assert isinstance(store, JsonStore) and store.unreadable_records == 1
+        assert long_id not in {s.session_id for s in store.sessions.list_sessions()}
         session = store.sessions.get(big)
         assert session is not None and session.label == "ł" * 10_000
         assert len(session.transport.details) == 300

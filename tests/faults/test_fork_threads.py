@@ -142,8 +142,10 @@ def test_a_threads_connection_is_closed_when_the_thread_ends(
                 thread.start()
             for thread in threads:
                 thread.join()
-        # 500 threads used to leave two descriptors each (the database and its -wal).
-        assert open_fds() - before < 10
+        # 500 threads used to leave two descriptors each (the database and its -wal): about
+        # 1,000. A thread's connection is closed as its thread state is torn down, which can
+        # finish just after join() returns, so the last batch of 10 may still hold theirs.
+        assert open_fds() - before <= 2 * 10
         assert store.sessions.get("s1") is not None
 
 

@@ -25,7 +25,7 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
-# Issue 11's targets: (label, op, at most this ratio of ours to the floor, at the same size).
+# The speed targets: (label, op, at most this ratio of ours to the floor, at the same size).
 RATIO_TARGETS = [
     ("get", "get", 1.3),
     ("validate", "validate", 1.4),
@@ -42,7 +42,7 @@ TARGET_SIZE = 1000  # the size the ratio targets are read at (the issue's profil
 
 
 def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """``(target, sqlite, met?, json)`` for every target of issue 11.
+    """``(target, sqlite, met?, json)`` for every speed target.
 
     The sqlite backend is the one measured against the target; the json backend is shown beside
     it for the same operation (it shares the models, not the storage: its figures are for
@@ -169,7 +169,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         "## Targets",
         "",
-        "The targets of issue 11, as ratios to the raw floor in this run (the verdict is the sqlite",
+        "The speed targets, as ratios to the raw floor in this run (the verdict is the sqlite",
         "backend's; json is shown beside it for the same operation). The floor's update reads the",
         "row back in its transaction, as `update` returns the updated session. The hook is timed as",
         "installed by `pip install .` (not editable) into a new virtual environment.",

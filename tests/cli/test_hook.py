@@ -11,6 +11,8 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -166,6 +168,27 @@ def run_agent(env: dict[str, str], command: str, stdin: str) -> int:
     return int(done.stdout.split()[-1])
 
 
+@contextmanager
+def live_agent(env: dict[str, str], command: str, stdin: str) -> Iterator[int]:
+    """An agent that runs ``command`` through ``sh -c`` and stays alive until the block ends."""
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT + "\nsys.stdin.read()\n", command, stdin],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert agent.stdout is not None
+        pid = int(agent.stdout.readline())
+        assert pid == agent.pid
+        yield pid
+    finally:
+        assert agent.stdin is not None
+        agent.stdin.close()
+        agent.wait(timeout=30)
+
+
 @pytest.mark.parametrize(
     "wrapper",
     [
@@ -186,24 +209,11 @@ def test_the_hook_records_the_agent_not_a_wrapper_shell(
 def test_the_agent_is_alive_and_its_start_time_is_its_own(env: dict[str, str], run: Run) -> None:
     """A live agent whose hook ran through `sh -c ... | cat`: ppid and start_time are its own."""
     hook = f"{shlex.quote(str(SCRIPT))} hook session-start | cat"
-    agent = subprocess.Popen(
-        [sys.executable, "-c", AGENT + "\nsys.stdin.read()\n", hook, hook_input("live")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert agent.stdout is not None
-        pid = int(agent.stdout.readline())
+    with live_agent(env, hook, hook_input("live")) as pid:
         session = show(run, "live")
-        assert session["ppid"] == pid == agent.pid
+        assert session["ppid"] == pid
         assert abs(session["start_time"] - psutil.Process(pid).create_time()) <= 1
         assert is_process_alive(session["ppid"], session["start_time"])
-    finally:
-        assert agent.stdin is not None
-        agent.stdin.close()
-        agent.wait(timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -299,16 +309,7 @@ def test_the_start_time_is_what_the_backends_readers_expect(
         table += f'[store.dual]\nprimary = "{first}"\nsecondary = "{second}"\n'
     (data / "ccr-registry.toml").write_text(table)
     hook = f"{shlex.quote(str(SCRIPT))} hook session-start | cat"
-    agent = subprocess.Popen(
-        [sys.executable, "-c", AGENT + "\nsys.stdin.read()\n", hook, hook_input("legacy")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert agent.stdout is not None
-        pid = int(agent.stdout.readline())
+    with live_agent(env, hook, hook_input("legacy")) as pid:
         with open_store(data / "ccr-registry.toml") as store:
             session = store.sessions.get("legacy")
         assert session is not None and session.ppid == pid
@@ -319,10 +320,6 @@ def test_the_start_time_is_what_the_backends_readers_expect(
         assert is_process_alive(pid, session.start_time)
         if legacy:
             assert legacy_is_alive(pid, session.start_time)
-    finally:
-        assert agent.stdin is not None
-        agent.stdin.close()
-        agent.wait(timeout=30)
     assert not is_process_alive(pid, session.start_time)
 
 

@@ -597,15 +597,20 @@ class SqliteStore(BaseStore):
         return int(self._conn().execute(NEXT_SEQ).fetchone()[0])
 
     def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
-        where = []
+        # Plain ``?`` with only the given values: a statement numbering ``?1`` alone takes one
+        # binding, and sqlite3 refuses a second one.
+        where: list[str] = []
+        params: list[str] = []
         if session_id is not None:
-            where.append("session_id = ?1")
+            where.append("session_id = ?")
+            params.append(session_id)
         if state is not None:
-            where.append("state = ?2")
+            where.append("state = ?")
+            params.append(state)
         sql = f"SELECT {COMMAND_COLUMNS} FROM commands"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._conn().execute(sql + " ORDER BY seq", (session_id, state) if where else ())
+        rows = self._conn().execute(sql + " ORDER BY seq", params)
         return [decode_command(row) for row in rows]
 
     def next_claimable(self, now: datetime) -> Command | None:

@@ -913,6 +913,8 @@ def test_removing_a_session_ends_its_pending_commands(
         assert after[command_id] == before[command_id]
     with pytest.raises(LeaseLost):
         store.inbox.complete("s1-leased", "w1")
+    # s1's are not claimable any more; s2-leased's lease ran out hours ago, s2-ready waits for it.
+    assert [_id(store.inbox.claim("w2")) for _ in range(3)] == ["s2-leased", "loose", None]
 
 
 def test_removing_a_session_rolls_back_with_its_commands(open_: OpenStore) -> None:
@@ -963,6 +965,24 @@ def test_complete_and_a_session_update_roll_back_together(
         session = view.sessions.get("s1")
         assert session is not None and session.label == "before"
     assert store.inbox.complete("c1", "w1").state == "done"  # the lease is still w1's
+
+
+def test_a_nested_unit_that_fails_undoes_only_its_own_inbox_changes(
+    open_: OpenStore, clock: FakeClock
+) -> None:
+    store = open_()
+    leased = _claimed(store, "c1", "w1")
+    clock.advance(seconds=1)
+    with store.atomic():
+        outer, _ = store.inbox.enqueue("outer", {})
+        with pytest.raises(Boom), store.atomic():
+            store.inbox.complete("c1", "w1")
+            store.inbox.enqueue("inner", {})
+            raise Boom
+        assert store.inbox.get("c1") == leased
+        assert store.inbox.get("inner") is None
+    for view in (store, open_()):
+        assert view.inbox.list_commands() == [leased, outer]
 
 
 # --------------------------------------------------------------------------- hostile data

@@ -50,7 +50,7 @@ class Boom(Exception):
     """Raised inside an atomic() block to make it roll back."""
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- building blocks
 
 
 def _claimed(store: Store, command_id: str = "c1", owner: str = "w1", **enqueue: Any) -> Command:

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -667,12 +667,23 @@ class SqliteStore(BaseStore):
                 conn.execute("COMMIT")
         return sessions, tokens
 
-    def load(self, sessions: list[Session], tokens: list[Token], meta: dict[str, str]) -> None:
-        """Insert records and meta entries in one transaction (the import's bulk path)."""
+    def load(
+        self,
+        sessions: list[Session],
+        tokens: list[Token],
+        meta: dict[str, str],
+        *,
+        commands: Sequence[Command] = (),
+    ) -> None:
+        """Insert records and meta entries in one transaction (the import's bulk path).
+
+        Commands keep their ``seq``; the next one enqueued gets a larger one.
+        """
         with self.writing(savepoint=False):
             conn = self._conn()
             conn.executemany(UPSERT_SESSION, [encode_session(s) for s in sessions])
             conn.executemany(UPSERT_TOKEN, [encode_token(t) for t in tokens])
+            conn.executemany(UPSERT_COMMAND, [encode_command(c) for c in commands])
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

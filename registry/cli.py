@@ -715,6 +715,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         "token_ttl": config.token_ttl,
         "lock_timeout_s": max(config.lock_timeout_s, 60),
         "progress": progress_reporter("import"),
+        "inbox_dir": config.inbox_dir,
     }
     if args.reimport and config.db_path.exists():
         report = reimport_json(config.data_dir, config.db_path, **options)
@@ -723,7 +724,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         report = import_json(config.data_dir, config.db_path, **options)
         status = "imported"
     else:
-        found = import_status(config.data_dir, config.db_path, lock_timeout_s=60)
+        found = import_status(
+            config.data_dir, config.db_path, lock_timeout_s=60, inbox_dir=config.inbox_dir
+        )
         if found.report is None:
             raise CommandError(
                 f"{config.db_path} exists and was not built by an import (it has no import "
@@ -750,13 +753,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if status == "unchanged":
             lines = [
                 f"{report.db_path} was imported at {report.imported_at}: "
-                f"{report.sessions_imported} sessions and {report.tokens_imported} tokens; "
+                f"{report.sessions_imported} sessions, {report.tokens_imported} tokens and "
+                f"{report.commands_imported} commands; "
                 "the legacy files are unchanged since (same checksums)",
             ]
         else:
             lines = [
-                f"{status} {report.sessions_imported} sessions and {report.tokens_imported} "
-                f"tokens into {report.db_path}",
+                f"{status} {report.sessions_imported} sessions, {report.tokens_imported} "
+                f"tokens and {report.commands_imported} commands into {report.db_path}",
             ]
         if report.backup:
             lines.append(f"the database it replaced is kept as {report.backup}")

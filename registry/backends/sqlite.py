@@ -44,6 +44,7 @@ from registry.backends.sqlite_sql import (
     NEXT_CLAIMABLE,
     NEXT_SEQ,
     ORDER,
+    PENDING,
     SCHEMA_VERSION,
     SELECT_COMMAND,
     SELECT_SESSION,
@@ -607,6 +608,10 @@ class SqliteStore(BaseStore):
         if state is not None:
             where.append("state = ?")
             params.append(state)
+            if state in ("ready", "leased"):
+                # Spelled as the partial indexes say it, so a list of pending commands walks
+                # them instead of scanning every done command the table keeps.
+                where.append(PENDING)
         sql = f"SELECT {COMMAND_COLUMNS} FROM commands"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -111,6 +111,8 @@ def test_every_inbox_statement_uses_an_index(store: SqliteStore, clock: FakeCloc
         "list by session and state": lambda: store.inbox.list_commands(
             session_id="a", state="dead"
         ),
+        "list ready": lambda: store.inbox.list_commands(state="ready"),
+        "list leased": lambda: store.inbox.list_commands(state="leased"),
         "get": lambda: store.inbox.get("a2"),
         "cleanup": store.inbox.cleanup_inbox,
         "session removal": lambda: store.sessions.remove("a"),

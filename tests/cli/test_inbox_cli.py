@@ -141,6 +141,10 @@ def test_a_payload_the_library_refuses_is_a_usage_error(run: Run) -> None:
     assert "payload" in done.stderr and len(done.stderr.splitlines()) == 1
     missing = run("inbox", "enqueue", "c1", "--session", "s1")
     assert missing.returncode == 2 and "--payload" in missing.stderr
+    surrogate = run("inbox", "enqueue", "c1", "--session", "s1", "--payload", '{"t": "\\ud800"}')
+    assert surrogate.returncode == 2 and "payload" in surrogate.stderr
+    long_id = run("inbox", "enqueue", "c" * 300, "--session", "s1", "--payload", "{}")
+    assert long_id.returncode == 2 and "command_id" in long_id.stderr
     assert ok(run, "inbox", "list") == []
 
 

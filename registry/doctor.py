@@ -306,7 +306,8 @@ def _legacy_inbox_check(config: StoreConfig) -> Check:
 
     files = legacy_inbox_files(config.inbox_dir, config.data_dir)
     if not files:
-        return Check("legacy inbox", "info", f"no inbox-*.db in {config.inbox_dir}")
+        where = {str(config.inbox_dir): None, str(config.data_dir): None}
+        return Check("legacy inbox", "info", f"no inbox-*.db in {' or '.join(where)}")
     pending = [
         side.name
         for path in files

@@ -189,10 +189,8 @@ def test_a_directory_named_twice_is_read_once(legacy: Legacy) -> None:
     assert [s.key for s in report.skipped] == ["tg-1001234567890-91"]
 
 
-def test_pending_changes_beside_a_source_are_refused(legacy: Legacy) -> None:
-    # A machine agent that stopped without folding its WAL in: the committed rows are only in
-    # the -wal, which an immutable read would not see.
-    agent = legacy.agent / "inbox-laptop.db"
+def leave_changes_in_the_wal(database: Path) -> None:
+    """A machine agent that dies after a commit, before anything folds its WAL in."""
     code = (
         "import os, sqlite3, sys\n"
         "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
@@ -200,8 +198,13 @@ def test_pending_changes_beside_a_source_are_refused(legacy: Legacy) -> None:
         "conn.execute(\"INSERT INTO inbox VALUES ('late', 1, '{}', 'received', 1)\")\n"
         "os._exit(0)\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(agent)], check=True, timeout=60)
-    assert (legacy.agent / "inbox-laptop.db-wal").stat().st_size > 0
+    subprocess.run([sys.executable, "-c", code, str(database)], check=True, timeout=60)
+    assert database.with_name(database.name + "-wal").stat().st_size > 0
+
+
+def test_pending_changes_beside_a_source_are_refused(legacy: Legacy) -> None:
+    # The committed row is only in the -wal, which an immutable read would not see.
+    leave_changes_in_the_wal(legacy.agent / "inbox-laptop.db")
     with pytest.raises(MigrationError, match=r"inbox-laptop\.db-wal exists.*stop the agent"):
         import_json(legacy.data, legacy.db, inbox_dir=legacy.agent)
     assert not legacy.db.exists()
@@ -386,6 +389,35 @@ def test_doctor_reports_damaged_command_rows_and_inbox_file(
     assert rows["commands"]["detail"].startswith("1 invalid: command 'tg-555-12': ")
     assert rows["ccr-inbox.json"]["status"] == "fail"
     assert "cannot be read" in rows["ccr-inbox.json"]["detail"]
+
+
+def test_doctor_warns_of_an_inbox_file_the_import_would_refuse(
+    legacy: Legacy, env: dict[str, str]
+) -> None:
+    leave_changes_in_the_wal(legacy.agent / "inbox-laptop.db")
+    rows = {row["check"]: row for row in json.loads(cli(env, "doctor", "--json").stdout)}
+    assert rows["legacy inbox"]["status"] == "warn"
+    assert "inbox-laptop.db-wal not folded in" in rows["legacy inbox"]["detail"]
+
+
+def test_reimport_reads_the_inbox_files_as_they_are_now(legacy: Legacy) -> None:
+    from registry.migrate import reimport_json
+
+    import_json(legacy.data, legacy.db, inbox_dir=legacy.agent)
+    conn = sqlite3.connect(legacy.agent / "inbox-laptop.db")
+    conn.execute(
+        "UPDATE inbox SET status = 'done', updated_at = 1770600500000 "
+        "WHERE command_id = 'tg-123456789-4411'"
+    )
+    conn.commit()
+    conn.close()
+    report = reimport_json(legacy.data, legacy.db, inbox_dir=legacy.agent)
+    assert report.commands_imported == len(IMPORTED)
+    assert report.backup is not None and Path(report.backup).is_file()
+    with open_sqlite(legacy.db) as store:
+        command = store.inbox.get("tg-123456789-4411")
+    assert command is not None
+    assert (command.state, command.updated_at) == ("done", from_ms(1770600500000))
 
 
 def test_a_report_stored_before_the_inbox_reads_as_no_commands(legacy: Legacy) -> None:

@@ -932,7 +932,17 @@ class JsonStore(BaseStore):
 
     def save_command(self, command: Command) -> None:
         state = self._state()
-        if state.commands.get(command.command_id) != command:
+        stored = state.commands.get(command.command_id)
+        if stored != command:
+            if (
+                stored is None
+                and command.seq < state.next_seq
+                and any(c.seq == command.seq for c in state.commands.values())
+            ):
+                # A seq given before, to another command (a dual store's secondary that
+                # drifted): refused as sqlite's primary key refuses it, rather than written
+                # into a file that then cannot be read (two commands with one seq).
+                raise RegistryError(f"seq {command.seq} already belongs to another command")
             state.commands[command.command_id] = command
             state.next_seq = max(state.next_seq, command.seq + 1)
             state.commands_changed = True

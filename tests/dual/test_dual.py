@@ -391,3 +391,21 @@ def test_compare_reads_counts_a_drifted_secondary_command(
     messages = [r.getMessage() for r in caplog.records if r.name == "registry.dual"]
     assert any("c1" in m and "state" in m and "lease_owner" in m for m in messages), messages
     assert any("only on the secondary: only-there" in m for m in messages), messages
+
+
+def test_a_seq_the_drifted_secondary_already_gave_is_a_secondary_failure(
+    dual: DualStore, tmp_path: Path, clock: FakeClock
+) -> None:
+    dual.inbox.enqueue("c1", {})
+    with side(tmp_path, dual.secondary.backend, clock) as secondary:
+        assert secondary.inbox.enqueue("only-there", {})[0].seq == 2
+    command, created = dual.inbox.enqueue("c2", {})
+    assert created and command.seq == 2  # the primary gives the seq, and keeps the command
+    assert dual.secondary_failures == 1
+    dual.close()
+    # The secondary refused the write whole and stays readable.
+    with side(tmp_path, dual.secondary.backend, clock) as secondary:
+        assert [(c.command_id, c.seq) for c in secondary.inbox.list_commands()] == [
+            ("c1", 1),
+            ("only-there", 2),
+        ]

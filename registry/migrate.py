@@ -479,13 +479,14 @@ def read_legacy_inbox(
     """The commands of legacy inbox databases, what was skipped, and checksums by path.
 
     Rules (SPEC 6): ``received`` becomes ``ready`` and ``done`` stays ``done``; commands are
-    ordered by ``received_at``, then ``command_id``, and numbered ``seq`` 1, 2, ... in that
-    order; ``session_id`` is the payload's ``sessionId`` when ``session_ids`` holds it (else
-    None), ``chat_id`` its ``chatId`` (a numeric string made an int, anything else None);
-    ``created_at`` is ``received_at`` and ``updated_at`` is ``updated_at``, each the other when
-    missing; ``attempts`` 0. A row that cannot be imported (a payload that is not a JSON object,
-    an unknown status, no timestamp, an id that is not a valid key) is skipped with its reason;
-    so is a command id already read from an earlier file (the first one is kept).
+    ordered by ``received_at`` (``updated_at`` where it is missing), then ``command_id``, and
+    numbered ``seq`` 1, 2, ... in that order; ``session_id`` is the payload's ``sessionId``
+    when ``session_ids`` holds it (else None), ``chat_id`` its ``chatId`` (a numeric string
+    made an int, anything else None); ``created_at`` is ``received_at`` and ``updated_at`` is
+    ``updated_at``, each the other when missing; ``attempts`` 0. A row that cannot be imported
+    (a payload that is not a JSON object, an unknown status, no timestamp, an id that is not a
+    valid key) is skipped with its reason; so is a command id already imported from an earlier
+    file (the first copy that can be imported is kept).
     :raises MigrationError: for a file that cannot be read (see :func:`_read_inbox_file`).
     """
     known = set(session_ids)
@@ -497,7 +498,8 @@ def read_legacy_inbox(
         raw, rows = _read_inbox_file(path)
         sources[str(path)] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
         for row in rows:
-            shown = _shown_value(row[0])[1:-1] if isinstance(row[0], bytes) else str(row[0])
+            key = row[0]
+            shown = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else str(key)
             try:
                 command_id = _inbox_text("command_id", row[0])
                 if command_id is None:
@@ -507,15 +509,16 @@ def read_legacy_inbox(
                 skipped.append(SkippedRecord(kind="command", key=shown, reason=f"{path}: {exc}"))
                 continue
             if command_id in first_file:
-                reason = f"{path}: the same command id is in {first_file[command_id]}, kept"
+                reason = f"{path}: the same command id was imported from {first_file[command_id]}"
                 skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
                 continue
-            first_file[command_id] = path
             try:
                 commands.append(_inbox_command(command_id, row, known))
             except ValidationError as exc:
                 reason = f"{path}: {exc}"
                 skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
+                continue
+            first_file[command_id] = path
     commands.sort(key=lambda c: (c.created_at, c.command_id))
     numbered = [changed_command(c, seq=seq) for seq, c in enumerate(commands, 1)]
     return numbered, skipped, sources

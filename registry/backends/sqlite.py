@@ -653,6 +653,17 @@ class SqliteStore(BaseStore):
         Records come in insertion order (rowid), as the legacy files keep them: an import then
         export round trip reproduces the files' order.
         """
+        sessions, tokens, _, _ = self._read_all(commands=False)
+        return sessions, tokens
+
+    def snapshot_with_inbox(self) -> tuple[list[Session], list[Token], list[Command], int]:
+        """:meth:`snapshot`, and every command (by ``seq``) and the next seq, in the same
+        read transaction (the export of ``ccr-inbox.json``)."""
+        return self._read_all(commands=True)
+
+    def _read_all(self, *, commands: bool) -> tuple[list[Session], list[Token], list[Command], int]:
+        found: list[Command] = []
+        next_seq = 0
         self._check_open()
         with _shared(self.path):
             conn = self._conn()
@@ -668,9 +679,17 @@ class SqliteStore(BaseStore):
                     decode_token(row)
                     for row in conn.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY rowid")
                 ]
+                if commands:
+                    found = [
+                        decode_command(row)
+                        for row in conn.execute(
+                            f"SELECT {COMMAND_COLUMNS} FROM commands ORDER BY seq"
+                        )
+                    ]
+                    next_seq = int(conn.execute(NEXT_SEQ).fetchone()[0])
             finally:
                 conn.execute("COMMIT")
-        return sessions, tokens
+        return sessions, tokens, found, next_seq
 
     def load(
         self,
@@ -679,16 +698,25 @@ class SqliteStore(BaseStore):
         meta: dict[str, str],
         *,
         commands: Sequence[Command] = (),
+        next_seq: int = 1,
     ) -> None:
         """Insert records and meta entries in one transaction (the import's bulk path).
 
-        Commands keep their ``seq``; the next one enqueued gets a larger one.
+        Commands keep their ``seq``; the next one enqueued gets a larger one, and at least
+        ``next_seq`` (an imported inbox's own counter, so that no seq it gave is given again).
         """
         with self.writing(savepoint=False):
             conn = self._conn()
             conn.executemany(UPSERT_SESSION, [encode_session(s) for s in sessions])
             conn.executemany(UPSERT_TOKEN, [encode_token(t) for t in tokens])
             conn.executemany(UPSERT_COMMAND, [encode_command(c) for c in commands])
+            if next_seq > int(conn.execute(NEXT_SEQ).fetchone()[0]):
+                # AUTOINCREMENT's counter is an ordinary row of sqlite_sequence.
+                conn.execute("DELETE FROM sqlite_sequence WHERE name = 'commands'")
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('commands', ?)",
+                    (next_seq - 1,),
+                )
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

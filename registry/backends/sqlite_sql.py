@@ -343,11 +343,6 @@ def _bind_decoders() -> None:
         if c != "transport_details"
     ]
     assert list(t_set) == list(TOKEN_FIELDS)
-    i_id, i_ppid, i_pid, i_start, i_cwd, i_label, i_notify = (
-        _S[f] for f in ("session_id", "ppid", "pid", "start_time", "cwd", "label", "notify")
-    )
-    i_kind, i_details, i_state = _S["transport_kind"], _S["transport_details"], _S["state"]
-    i_created, i_updated, i_seen, i_expires = (_S[f] for f in STAMPS)
 
     # Rows repeat values: sessions share transports and timestamps (created, updated and
     # last_seen are often one moment), tokens share scopes. The objects are immutable, so one
@@ -377,45 +372,56 @@ def _bind_decoders() -> None:
             transports[key] = found
         return found
 
+    # The decoders unpack the row in one step and look the caches up inline; a call per
+    # timestamp and per index cost about 0.6 us per Session (measured at 1.9 against 2.5 us).
+    assert [*SESSION_FIELDS] == [
+        "session_id", "ppid", "pid", "start_time", "cwd", "label", "notify", "transport_kind",
+        "transport_details", "state", *STAMPS,
+    ]  # fmt: skip
+    assert [*TOKEN_FIELDS] == [
+        "token", "session_id", "chat_id", "scopes", "context", "created_at", "expires_at",
+    ]  # fmt: skip
+    cached_time = times.get
+    cached_transport = transports.get
+
     def decode_session(row: Sequence[Any]) -> Session:
         """A Session from a row, without the validators: every row was validated when written
         and the schema pins its column types (``ccr-registry doctor`` checks, with
         :func:`decode_checked`, a database something else may have edited)."""
+        (sid, ppid, pid, start, cwd, label, notify, kind, details, state,
+         created, updated, seen, expires) = row  # fmt: skip
         session = new(Session)
-        s_id(session, row[i_id])
-        s_ppid(session, row[i_ppid])
-        s_pid(session, row[i_pid])
-        s_start(session, row[i_start])
-        s_cwd(session, row[i_cwd])
-        s_label(session, row[i_label])
-        s_notify(session, row[i_notify] == 1)
-        s_transport(session, transport_of(row[i_kind], row[i_details]))
-        s_state(session, row[i_state])
-        s_created(session, moment(row[i_created]))
-        s_updated(session, moment(row[i_updated]))
-        s_seen(session, moment(row[i_seen]))
-        s_expires(session, moment(row[i_expires]))
+        s_id(session, sid)
+        s_ppid(session, ppid)
+        s_pid(session, pid)
+        s_start(session, start)
+        s_cwd(session, cwd)
+        s_label(session, label)
+        s_notify(session, notify == 1)
+        s_transport(session, cached_transport((kind, details)) or transport_of(kind, details))
+        s_state(session, state)
+        s_created(session, cached_time(created) or moment(created))
+        s_updated(session, cached_time(updated) or moment(updated))
+        s_seen(session, cached_time(seen) or moment(seen))
+        s_expires(session, cached_time(expires) or moment(expires))
         return session
-
-    j_token, j_sid, j_chat, j_scopes, j_context, j_created, j_expires = _T.values()
 
     def decode_token(row: Sequence[Any]) -> Token:
         """A Token from a row, without the validators (see decode_session)."""
+        value, sid, chat, raw_scopes, context, created, expires = row
         token = new(Token)
-        t_token(token, row[j_token])
-        t_sid(token, row[j_sid])
-        t_chat(token, row[j_chat])
-        raw_scopes = row[j_scopes]
+        t_token(token, value)
+        t_sid(token, sid)
+        t_chat(token, chat)
         scopes = scopes_of.get(raw_scopes)
         if scopes is None:
             if len(scopes_of) >= _CACHE_MAX:
                 scopes_of.clear()
             scopes = scopes_of[raw_scopes] = tuple(json.loads(raw_scopes))
         t_scopes(token, scopes)
-        context = row[j_context]
         t_context(token, empty if context == "{}" else FrozenMap(json.loads(context)))
-        t_created(token, moment(row[j_created]))
-        t_expires(token, moment(row[j_expires]))
+        t_created(token, cached_time(created) or moment(created))
+        t_expires(token, cached_time(expires) or moment(expires))
         return token
 
     def decode_checked(kind: str, row: Sequence[Any]) -> Session | Token:

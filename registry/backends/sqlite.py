@@ -44,6 +44,7 @@ from registry.backends.sqlite_sql import (
     SESSION_COLUMNS,
     SESSION_EXISTS,
     TOKEN_COLUMNS,
+    TOKEN_FIELDS,
     UPSERT_SESSION,
     UPSERT_TOKEN,
     Transaction,
@@ -63,10 +64,17 @@ from registry.backends.sqlite_sql import (
     translated,
     update_row,
 )
-from registry.errors import RegistryError, SessionNotFound, ValidationError
+from registry.errors import (
+    ChatMismatch,
+    RegistryError,
+    SessionNotFound,
+    TokenExpired,
+    TokenNotFound,
+    ValidationError,
+)
 from registry.models import Session, Token, Transport, check_update, to_ms
 from registry.paths import create_private_file, ensure_private_dir
-from registry.validation import check_key, is_key
+from registry.validation import check_chat_id, check_key, is_key
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -96,6 +104,13 @@ class _Quiesce:
 
     A thread's nested uses hold one share. ``before_fork`` keeps the lock from the moment it
     starts waiting until the fork is done, so no thread starts a new use meanwhile.
+
+    A share is taken and given back without the lock: one entry appended to or popped from
+    ``_shares`` (a list's append and pop are atomic), then a look at ``_forking``. The forking
+    thread does the opposite under the lock: it sets ``_forking``, then counts the entries.
+    Either the thread sees ``_forking`` and gives its share back to wait for the fork, or the
+    forking thread counts its share and waits for it; a share given back while a fork waits
+    wakes it. Two lock round trips per use cost about 0.6 us of a 10 us get.
     """
 
     def __init__(self) -> None:
@@ -104,18 +119,27 @@ class _Quiesce:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._active = 0
+        self._shares: list[None] = []  # one entry per thread holding a share
         self._forking = False
         self._depth = threading.local()
 
     def enter(self) -> None:
-        depth: int = getattr(self._depth, "n", 0)
+        local = self._depth
+        depth: int = getattr(local, "n", 0)
         if not depth:
-            with self._lock:
-                while self._forking:
-                    self._idle.wait()
-                self._active += 1
-        self._depth.n = depth + 1
+            self._shares.append(None)
+            if self._forking:
+                self._wait_for_fork()
+        local.n = depth + 1
+
+    def _wait_for_fork(self) -> None:
+        """Give back the share just taken, wait until the fork is done, and take it again."""
+        with self._idle:  # free only while the forking thread waits, or once it has forked
+            self._shares.pop()
+            self._idle.notify_all()  # the forking thread may have counted this share
+            while self._forking:
+                self._idle.wait()
+            self._shares.append(None)
 
     def try_enter(self) -> bool:
         """Enter without waiting; False while a fork is in progress."""
@@ -126,19 +150,20 @@ class _Quiesce:
             try:
                 if self._forking:
                     return False
-                self._active += 1
+                self._shares.append(None)
             finally:
                 self._lock.release()
         self._depth.n = depth + 1
         return True
 
     def leave(self) -> None:
-        depth: int = self._depth.n - 1
-        self._depth.n = depth
+        local = self._depth
+        depth: int = local.n - 1
+        local.n = depth
         if not depth:
-            with self._lock:
-                self._active -= 1
-                if self._forking and self._active <= 1:
+            self._shares.pop()
+            if self._forking:
+                with self._idle:
                     self._idle.notify_all()
 
     def before_fork(self) -> None:
@@ -147,7 +172,7 @@ class _Quiesce:
         # The forking thread's own share (it may fork inside a unit) is not waited for.
         own = 1 if getattr(self._depth, "n", 0) else 0
         deadline = time.monotonic() + FORK_WAIT_S
-        while self._active > own:
+        while len(self._shares) > own:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -164,7 +189,7 @@ class _Quiesce:
         self._reset()
         if depth:
             self._depth.n = depth
-            self._active = 1
+            self._shares.append(None)
 
 
 _QUIESCE: Final = _Quiesce()
@@ -245,6 +270,8 @@ def _shared(path: Path) -> Iterator[None]:
 class _Local(threading.local):
     holder: _Holder | None = None
 
+
+_TOKEN_EXPIRES: Final = TOKEN_FIELDS.index("expires_at")
 
 _SESSION_OF_TOKEN: Final = (
     "SELECT "
@@ -498,6 +525,44 @@ class SqliteStore(BaseStore):
         if ttl_ms is None:
             ttl_ms = self._ttl_ms = self._session_ttl // timedelta(milliseconds=1)
         return ttl_ms
+
+    # ----------------------------------------------------------------- lookups by key
+    # get and validate_token, the hot reads, in one read scope with one statement, without
+    # BaseStore's layers of calls.
+    #
+    # The key is checked (is_key) only when it is not plain ASCII text: a non-string is refused
+    # as before, and non-ASCII text may hold a lone surrogate, which sqlite3 cannot bind. An
+    # ASCII key goes straight to the lookup: one that no record can hold (empty, too long,
+    # control characters; every write checks the key) is simply not found there, the same
+    # answer. Checking it first cost about 0.5 us of a 12 us get.
+
+    def get(self, session_id: str) -> Session | None:
+        self._check_open()
+        if (type(session_id) is not str or not session_id.isascii()) and not is_key(
+            "session_id", session_id
+        ):
+            return None
+        with self._read_scope:
+            row = self._conn().execute(SELECT_SESSION, (session_id,)).fetchone()
+        return None if row is None else decode_session(row)
+
+    def validate_token(self, token: str, chat_id: int) -> Token:
+        check_chat_id(chat_id)
+        # The clock in integer ms, compared with the stored column: the same instant as the
+        # datetime BaseStore compares, without building it (about 0.5 us).
+        now = self._now_ms()
+        if (type(token) is not str or not token.isascii()) and not is_key("token", token):
+            raise TokenNotFound("no such token")
+        with self._read_scope:
+            row = self._conn().execute(SELECT_TOKEN, (token,)).fetchone()
+        if row is None:
+            raise TokenNotFound("no such token")
+        found = decode_token(row)
+        if not now < row[_TOKEN_EXPIRES]:
+            raise TokenExpired(f"token expired at {found.expires_at.isoformat()}")
+        if found.chat_id != chat_id:
+            raise ChatMismatch("token was issued to another chat")
+        return found
 
     # ----------------------------------------------------------------- primitives
 

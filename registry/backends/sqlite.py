@@ -568,12 +568,10 @@ class SqliteStore(BaseStore):
         # The Token model's checks, in its order (the ttl, its converters, its validators),
         # before the unit; the returned Token is the row decoded, as a read would give it.
         # Building it through attrs' __init__ after the same checks cost about 6 us a mint.
-        if ttl is None:
-            expires_at = now + self._token_ttl_ms()
-            if expires_at > _LATEST_MS:
-                add_ttl(from_ms(now), self._token_ttl)  # raises: past the calendar
-        else:
-            expires_at = to_ms(add_ttl(from_ms(now), ttl))
+        expires_at = now + self._token_ttl_ms()
+        if ttl is not None or expires_at > _LATEST_MS:
+            # A given ttl, or a time past the calendar: checked and added as BaseStore does.
+            expires_at = to_ms(add_ttl(from_ms(now), self._token_ttl if ttl is None else ttl))
         checked_scopes = DEFAULT_SCOPES if scopes is None else check_scopes(scopes)
         checked_context = {} if context is None else check_context(context)
         check_key("token", token)

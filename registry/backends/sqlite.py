@@ -567,7 +567,7 @@ class SqliteStore(BaseStore):
         now = self._now_ms()
         # The Token model's checks, in its order (the ttl, its converters, its validators),
         # before the unit; the returned Token is the row decoded, as a read would give it.
-        # Building it through attrs' __init__ after the same checks cost about 6 us a mint.
+        # Building it through attrs' __init__ after the same checks cost about 4 us a mint.
         expires_at = now + self._token_ttl_ms()
         if ttl is not None or expires_at > _LATEST_MS:
             # A given ttl, or a time past the calendar: checked and added as BaseStore does.
@@ -618,7 +618,7 @@ class SqliteStore(BaseStore):
         return None if row is None else decode_session(row)
 
     def validate_token(self, token: str, chat_id: int) -> Token:
-        # A plain int in range needs no call: check_chat_id's two cost about 0.25 us here.
+        # A plain int in range needs no call: check_chat_id's two cost about 0.1 us here.
         if type(chat_id) is not int or not INT64_MIN <= chat_id <= INT64_MAX:
             check_chat_id(chat_id)
         # The clock in integer ms, compared with the stored column: the same instant as the

@@ -1,11 +1,12 @@
-"""Every backend and a plain-dict model, driven in lockstep by one Hypothesis state machine.
+"""Every backend and a plain-dict model, driven in lockstep by Hypothesis state machines.
 
 Each rule applies the same operation to the model and to every backend and asserts that all
 return the same result (or raise the same error type), naming the backend that disagrees. After
 each step an invariant compares the whole visible state. Rules move the fake clock, close and
 reopen every store, and run ``atomic()`` blocks that raise part-way.
 
-The command inbox (SPEC 3.4) is modelled too: enqueues with duplicate ids from a small pool,
+``StoresAgree`` drives the session registry and the token store. ``InboxAgree`` drives the
+command inbox (SPEC 3.4) with the same model: enqueues with duplicate ids from a small pool,
 claims by three owners, extend/complete/fail/requeue, cleanup, the clock moved onto and past
 leases and retry times, and session removal making pending commands ``dead``. SPEC 3.4 fixes
 only the order of ``seq`` (strictly increasing, never reused), not its values, so the model

@@ -2,6 +2,6 @@
 
 import sys
 
-from registry.cli import main
+from registry._entry import main
 
 sys.exit(main())

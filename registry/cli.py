@@ -16,6 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+# The command words (the parser below defines each one); the console script's entry module
+# holds them for its early hook dispatch.
+from registry._entry import COMMANDS
+
 # Imported for annotations only: importing typing costs a hook process measurable start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,11 +40,6 @@ EXIT_STORE: Final = 3
 PROG: Final = "ccr-registry"
 # URL-safe base64 may begin with "-", which argparse would read as an option.
 TOKEN_HELP: Final = 'the token value; put "--" before it if it starts with "-"'
-# The command words, for the early hook dispatch (the parser below defines each one).
-COMMANDS: Final = (
-    "hook", "sessions", "tokens", "inbox", "cleanup", "migrate", "export", "verify", "doctor",
-    "config",
-)  # fmt: skip
 # A --ttl beyond this is a typing mistake, not a lifetime (and 1e300 s overflows timedelta).
 MAX_TTL_S: Final = 100 * 365 * 86400
 

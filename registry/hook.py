@@ -352,9 +352,7 @@ def fast_path(
     from registry.validation import check_key
 
     session_id = check_key("session_id", data["session_id"])
-    from pathlib import Path  # sqlite_sql imports it anyway, and uses Path methods
-
-    path = Path(target.db_path)
+    path = target.db_path  # a str: this process never imports pathlib (see sqlite_sql)
     with sql.translated(path):
         conn = sql.connect(path, target.lock_timeout_s)
     try:

@@ -7,8 +7,9 @@ editable install adds an import hook to every start) into a new virtual environm
 real ``ccr-registry`` console script is timed. Runs each command many times against an sqlite
 store that already holds --sessions sessions, and prints the median and p90 wall time of each
 and the ratio to a bare interpreter of that environment. It also times the imports a hook
-cannot avoid, to show where the time goes: `registry.cli` (what the console script imports
-first) and `registry.hook` (what it then hands a hook to). ``bench/run.py`` calls
+cannot avoid, to show where the time goes: `registry.hook` (what the console script's entry
+module, `registry._entry`, hands a hook to) and, for comparison, `registry.cli` (what every other
+command imports, and a hook no longer does). ``bench/run.py`` calls
 :func:`clean_install` and :func:`measure` for its hook target.
 """
 

@@ -1,6 +1,7 @@
 """``ccr-registry hook EVENT``: the Claude Code hooks, in a process that must start fast.
 
-:func:`registry.cli.main` hands a hook invocation to :func:`main` before it imports argparse.
+:func:`registry._entry.main` (the console script) hands a hook invocation to :func:`main` before it
+imports ``registry.cli`` or argparse.
 This module parses its own small grammar (``[--data-dir D] [--config F] [--backend B] hook EVENT
 [--notify | --no-notify]``), reads the hook JSON on stdin, finds the agent process, and writes the
 session. On an existing sqlite database with no config file (the usual install) it takes a fast

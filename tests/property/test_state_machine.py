@@ -38,7 +38,14 @@ from registry import (
     ValidationError,
     open_store,
 )
-from tests.conftest import BACKENDS, BEYOND_INT64, INVALID_UNICODE, ODD_TEXT, FakeClock
+from tests.conftest import (
+    BACKENDS,
+    BEYOND_INT64,
+    INVALID_UNICODE,
+    ODD_TEXT,
+    FakeClock,
+    backend_config,
+)
 
 SESSION_TTL = timedelta(hours=2)
 TOKEN_TTL = timedelta(hours=1)
@@ -271,8 +278,7 @@ class StoresAgree(RuleBasedStateMachine):
 
     def _open(self, name: str) -> Store:
         config = {
-            **BACKENDS[name]["config"],
-            "data_dir": str(self.root / name),
+            **backend_config(name, self.root / name),
             "session_ttl_hours": SESSION_TTL / timedelta(hours=1),
             "token_ttl_hours": TOKEN_TTL / timedelta(hours=1),
         }

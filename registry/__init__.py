@@ -1,7 +1,8 @@
 """ccr-registry: the session registry and token store of the CCR daemon.
 
-Open a store with :func:`open_store`; it returns a :class:`Store` whose ``sessions`` and
-``tokens`` follow the :class:`SessionRegistry` and :class:`TokenStore` protocols on every backend.
+Open a store with :func:`open_store`; it returns a :class:`Store` whose ``sessions``, ``tokens``
+and ``inbox`` follow the :class:`SessionRegistry`, :class:`TokenStore` and :class:`CommandInbox`
+protocols on every backend.
 
 The names below are imported on first use (PEP 562), so that a short-lived hook process that
 needs one backend does not pay for importing the others.
@@ -13,7 +14,9 @@ import importlib
 
 from registry.errors import (
     ChatMismatch,
+    CommandNotFound,
     ConfigError,
+    LeaseLost,
     MigrationError,
     RegistryError,
     SessionNotFound,
@@ -32,12 +35,14 @@ if TYPE_CHECKING:
 
     from registry.config import StoreConfig
     from registry.factory import open_store
-    from registry.models import Session, Token, Transport
-    from registry.protocols import SessionRegistry, Store, TokenStore
+    from registry.models import Command, Session, Token, Transport
+    from registry.protocols import CommandInbox, SessionRegistry, Store, TokenStore
 
 _LAZY = {
     "StoreConfig": "registry.config",
     "open_store": "registry.factory",
+    "Command": "registry.models",
+    "CommandInbox": "registry.protocols",
     "Session": "registry.models",
     "Token": "registry.models",
     "Transport": "registry.models",
@@ -48,7 +53,11 @@ _LAZY = {
 
 __all__ = [
     "ChatMismatch",
+    "Command",
+    "CommandInbox",
+    "CommandNotFound",
     "ConfigError",
+    "LeaseLost",
     "MigrationError",
     "RegistryError",
     "Session",

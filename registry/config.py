@@ -22,6 +22,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final
 
+    from registry.backends._inbox import InboxSettings
+
 __all__ = [
     "BACKEND_NAMES",
     "CONFIG_FILE_NAME",
@@ -50,6 +52,10 @@ STORE_KEYS: Final = (
     "token_ttl_hours",
     "lock_timeout_s",
     "migrate_from_json",
+    "legacy_inbox_dir",
+    "inbox_lease_s",
+    "inbox_max_attempts",
+    "inbox_retention_hours",
     "dual",
     "postgres",
 )
@@ -66,9 +72,15 @@ SCHEMA_NAME_RULE: Final = "lower-case letters, digits and _, not starting with a
 # failed) and 1e300 overflowed timedelta inside open_store.
 LOCK_TIMEOUT_S_RANGE: Final = (0.001, 3600.0)
 TTL_HOURS_RANGE: Final = (1 / 60, 10 * 365.25 * 24)
+# An inbox lease runs from a second (less and a healthy consumer loses every command it types)
+# to a day; a consumer that needs longer calls extend(). Attempts run from 1 (no retry) to a
+# thousand (the backoff is capped at 5 minutes, so that is days of retrying).
+INBOX_LEASE_S_RANGE: Final = (1.0, 86400.0)
+INBOX_MAX_ATTEMPTS_RANGE: Final = (1, 1000)
 _RANGE_TEXT: Final = {
     LOCK_TIMEOUT_S_RANGE: "0.001 to 3600 (seconds)",
     TTL_HOURS_RANGE: "0.0166667 (1 minute) to 87660 (10 years), in hours",
+    INBOX_LEASE_S_RANGE: "1 to 86400 (seconds)",
 }
 
 
@@ -94,6 +106,13 @@ def _number(name: str, value: object, valid: tuple[float, float]) -> float:
             f"{name} = {shown(value)} is out of range: valid from {_RANGE_TEXT[valid]}"
         )
     return float(value)
+
+
+def _count(name: str, value: object, valid: tuple[int, int]) -> int:
+    low, high = valid
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {shown(value)}")
+    return value
 
 
 def _bool(name: str, value: object) -> bool:
@@ -262,6 +281,10 @@ class StoreConfig(_Frozen):
     token_ttl_hours: float
     lock_timeout_s: float
     migrate_from_json: bool
+    legacy_inbox_dir: Path | None
+    inbox_lease_s: float
+    inbox_max_attempts: int
+    inbox_retention_hours: float
     dual: DualConfig
     postgres: PostgresConfig
     source: str
@@ -277,6 +300,10 @@ class StoreConfig(_Frozen):
         token_ttl_hours: float = defaults.TOKEN_TTL_HOURS,
         lock_timeout_s: float = defaults.LOCK_TIMEOUT_S,
         migrate_from_json: bool = defaults.MIGRATE_FROM_JSON,
+        legacy_inbox_dir: Path | None = None,
+        inbox_lease_s: float = defaults.INBOX_LEASE_S,
+        inbox_max_attempts: int = defaults.INBOX_MAX_ATTEMPTS,
+        inbox_retention_hours: float = defaults.INBOX_RETENTION_HOURS,
         dual: DualConfig | None = None,
         postgres: PostgresConfig | None = None,
         source: str = SOURCE_DEFAULTS,
@@ -300,6 +327,16 @@ class StoreConfig(_Frozen):
             token_ttl_hours=_number("store.token_ttl_hours", token_ttl_hours, TTL_HOURS_RANGE),
             lock_timeout_s=_number("store.lock_timeout_s", lock_timeout_s, LOCK_TIMEOUT_S_RANGE),
             migrate_from_json=_bool("store.migrate_from_json", migrate_from_json),
+            legacy_inbox_dir=None
+            if legacy_inbox_dir is None
+            else _checked_path("store.legacy_inbox_dir", legacy_inbox_dir),
+            inbox_lease_s=_number("store.inbox_lease_s", inbox_lease_s, INBOX_LEASE_S_RANGE),
+            inbox_max_attempts=_count(
+                "store.inbox_max_attempts", inbox_max_attempts, INBOX_MAX_ATTEMPTS_RANGE
+            ),
+            inbox_retention_hours=_number(
+                "store.inbox_retention_hours", inbox_retention_hours, TTL_HOURS_RANGE
+            ),
             dual=DualConfig() if dual is None else dual,
             postgres=PostgresConfig() if postgres is None else postgres,
             source=source,
@@ -338,6 +375,25 @@ class StoreConfig(_Frozen):
     def token_ttl(self) -> timedelta:
         return timedelta(hours=self.token_ttl_hours)
 
+    @property
+    def inbox_dir(self) -> Path:
+        """Where the legacy machine agent kept ``inbox-<machine>.db``: ``legacy_inbox_dir``,
+        else ``$CCR_DATA_DIR`` or ``~/.ccr`` (SPEC 6)."""
+        if self.legacy_inbox_dir is not None:
+            return self.legacy_inbox_dir
+        return default_data_dir()
+
+    @property
+    def inbox_settings(self) -> InboxSettings:
+        """The inbox's lease, attempt limit and retention, as the stores take them."""
+        from registry.backends._inbox import InboxSettings
+
+        return InboxSettings(
+            lease=timedelta(seconds=self.inbox_lease_s),
+            max_attempts=self.inbox_max_attempts,
+            retention=timedelta(hours=self.inbox_retention_hours),
+        )
+
     # ----------------------------------------------------------------- readers
 
     @classmethod
@@ -361,8 +417,9 @@ class StoreConfig(_Frozen):
         values: dict[str, Any] = dict(mapping)
         if "data_dir" in values:
             values["data_dir"] = _path("store.data_dir", values["data_dir"], base_dir)
-        if values.get("sqlite_path") is not None:
-            values["sqlite_path"] = _path("store.sqlite_path", values["sqlite_path"], base_dir)
+        for key in ("sqlite_path", "legacy_inbox_dir"):
+            if values.get(key) is not None:
+                values[key] = _path(f"store.{key}", values[key], base_dir)
         explicit = set(values) - {"dual", "postgres"}
         if "dual" in values and not isinstance(values["dual"], DualConfig):
             values["dual"] = DualConfig.from_mapping(values["dual"])

@@ -20,6 +20,11 @@ SESSION_TTL_HOURS = 24.0
 TOKEN_TTL_HOURS = 24.0
 LOCK_TIMEOUT_S = 10.0
 MIGRATE_FROM_JSON = True
+INBOX_LEASE_S = 60.0
+INBOX_MAX_ATTEMPTS = 10
+INBOX_RETENTION_HOURS = 24.0
+# What a command left pending by a removed session says (SPEC 3.4).
+SESSION_REMOVED = "session removed"
 DUAL_PRIMARY = "json"
 DUAL_SECONDARY = "sqlite"
 DUAL_COMPARE_READS = True

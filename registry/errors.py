@@ -10,7 +10,9 @@ from __future__ import annotations
 
 __all__ = [
     "ChatMismatch",
+    "CommandNotFound",
     "ConfigError",
+    "LeaseLost",
     "MigrationError",
     "RegistryError",
     "SessionNotFound",
@@ -49,6 +51,14 @@ class TokenExpired(TokenInvalid):
 
 class ChatMismatch(TokenInvalid):
     """The token is live but was issued to another chat."""
+
+
+class CommandNotFound(RegistryError, LookupError):
+    """No command with that id exists in the inbox."""
+
+
+class LeaseLost(RegistryError):
+    """The command is not leased by the caller (it was never, or someone else claimed it since)."""
 
 
 class StoreBusy(RegistryError, TimeoutError):

@@ -33,6 +33,7 @@ def _open_json(config: StoreConfig, clock: Clock) -> BaseStore:
         clock=clock,
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
+        inbox=config.inbox_settings,
         lock_timeout_s=config.lock_timeout_s,
     )
 
@@ -64,6 +65,7 @@ def _open_sqlite(config: StoreConfig, clock: Clock) -> BaseStore:
         clock=clock,
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
+        inbox=config.inbox_settings,
         lock_timeout_s=config.lock_timeout_s,
     )
 
@@ -96,6 +98,7 @@ def _open_dual(config: StoreConfig, clock: Clock) -> BaseStore:
         clock=clock,
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
+        inbox=config.inbox_settings,
     )
 
 
@@ -228,6 +231,7 @@ def _json_files_exist(data_dir: Path) -> bool:
     # The json store exists once something was written: one of its files or its journal. A
     # directory without them (a mistyped --data-dir, a home directory) is not a store, and a
     # read must not create its lock file there.
-    from registry.backends.json_file import JOURNAL_FILE, SESSIONS_FILE, TOKENS_FILE
+    from registry.backends.json_file import INBOX_FILE, JOURNAL_FILE, SESSIONS_FILE, TOKENS_FILE
 
-    return any((data_dir / name).is_file() for name in (SESSIONS_FILE, TOKENS_FILE, JOURNAL_FILE))
+    names = (SESSIONS_FILE, TOKENS_FILE, INBOX_FILE, JOURNAL_FILE)
+    return any((data_dir / name).is_file() for name in names)

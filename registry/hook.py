@@ -365,7 +365,7 @@ def fast_path(
         expires_at = now + target.session_ttl_ms
         if event == "session-end":
             with sql.transaction(conn, path):
-                sql.remove_row(conn, session_id)
+                sql.remove_row(conn, session_id, now)
             return True
         if event == "heartbeat":
             with sql.transaction(conn, path):

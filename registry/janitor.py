@@ -1,4 +1,4 @@
-"""A background thread that removes dead and expired sessions on a schedule (SPEC 7).
+"""A background thread that removes dead and expired sessions and old inbox commands (SPEC 7).
 
 The daemon starts one janitor next to its store::
 
@@ -6,8 +6,10 @@ The daemon starts one janitor next to its store::
         serve_forever()
 
 Every ``dead_every_s`` (default 60 s) it runs ``cleanup_dead_sessions``; every ``expired_every_s``
-(default one hour) one pass removes expired sessions and expired tokens together. Both passes also
-run once as soon as the janitor starts. A pass that raises is logged and the next one runs on time.
+(default one hour) one pass removes expired sessions and expired tokens together, and the inbox pass
+right after it removes the commands done or dead for longer than the inbox retention
+(``cleanup_inbox``). Every pass also runs once as soon as the janitor starts. A pass that raises is
+logged and the next one runs on time; the inbox pass runs even when the expired pass failed.
 ``stop()`` returns within a second even in the middle of a wait.
 """
 
@@ -34,9 +36,10 @@ STOP_TIMEOUT_S: Final = 1.0
 class PassResult:
     """What one janitor pass did."""
 
-    kind: str  # "dead" or "expired"
+    kind: str  # "dead", "expired" or "inbox"
     sessions: list[str]
     tokens: int = 0
+    commands: list[str] = attrs.field(factory=list)
     error: str | None = None
 
 
@@ -100,6 +103,18 @@ class Janitor:
             )
         return self._done(PassResult(kind="expired", sessions=removed, tokens=tokens))
 
+    def run_inbox_pass(self) -> PassResult:
+        """Remove the inbox commands done or dead for longer than the retention."""
+        try:
+            removed = self.store.inbox.cleanup_inbox()
+        except Exception as exc:
+            return self._failed("inbox", exc)
+        if removed:
+            log.info(
+                "janitor: removed %d old inbox command(s): %s", len(removed), ", ".join(removed)
+            )
+        return self._done(PassResult(kind="inbox", sessions=[], commands=removed))
+
     def _done(self, result: PassResult) -> PassResult:
         self.passes += 1
         return result
@@ -111,7 +126,7 @@ class Janitor:
         return PassResult(kind=kind, sessions=[], error=f"{type(exc).__name__}: {exc}")
 
     def run_pending(self) -> list[PassResult]:
-        """Run every pass that is due now; returns what ran (first call: both)."""
+        """Run every pass that is due now; returns what ran (first call: all three)."""
         now = self._clock()
         results = []
         if now >= self._next_dead:
@@ -119,6 +134,7 @@ class Janitor:
             self._next_dead = now + self.dead_every_s
         if now >= self._next_expired:
             results.append(self.run_expired_pass())
+            results.append(self.run_inbox_pass())
             self._next_expired = now + self.expired_every_s
         return results
 

@@ -25,14 +25,20 @@ import attrs
 
 from registry.errors import ValidationError
 from registry.validation import (
+    COMMAND_STATES,
     STATES,
     TRANSPORT_KINDS,
     check_chat_id,
+    check_command_state,
     check_context,
+    check_count,
     check_details,
     check_key,
     check_kind,
     check_notify,
+    check_optional_chat_id,
+    check_optional_key,
+    check_payload,
     check_pid,
     check_scopes,
     check_start_time,
@@ -41,9 +47,11 @@ from registry.validation import (
 )
 
 __all__ = [
+    "COMMAND_STATES",
     "DEFAULT_SCOPES",
     "STATES",
     "TRANSPORT_KINDS",
+    "Command",
     "FrozenMap",
     "Session",
     "Token",
@@ -168,6 +176,14 @@ def _context(value: object) -> FrozenMap[Any]:
     return FrozenMap(check_context(value))
 
 
+def _payload(value: object) -> FrozenMap[Any]:
+    return FrozenMap(check_payload(value))
+
+
+def _optional_utc_ms(value: object) -> datetime | None:
+    return None if value is None else utc_ms(value)
+
+
 def _scopes(value: object) -> tuple[str, ...]:
     return check_scopes(value)
 
@@ -240,6 +256,38 @@ class Token:
         return now < self.expires_at
 
 
+@attrs.frozen(kw_only=True)
+class Command:
+    """A command from Telegram waiting in the inbox to be typed into its session's terminal."""
+
+    command_id: str = attrs.field(validator=_attrs_check(check_key))
+    session_id: str | None = attrs.field(default=None, validator=_attrs_check(check_optional_key))
+    seq: int = attrs.field(validator=_attrs_check(check_count))
+    payload: FrozenMap[Any] = attrs.field(factory=FrozenMap, converter=_payload)
+    chat_id: int | None = attrs.field(
+        default=None, validator=lambda _i, _a, v: check_optional_chat_id(v)
+    )
+    state: str = attrs.field(default="ready", validator=lambda _i, _a, v: check_command_state(v))
+    attempts: int = attrs.field(default=0, validator=_attrs_check(check_count))
+    available_at: datetime = attrs.field(converter=utc_ms)
+    lease_owner: str | None = attrs.field(default=None, validator=_attrs_check(check_optional_key))
+    lease_until: datetime | None = attrs.field(default=None, converter=_optional_utc_ms)
+    last_error: str | None = attrs.field(default=None, validator=_attrs_check(check_text))
+    created_at: datetime = attrs.field(converter=utc_ms)
+    updated_at: datetime = attrs.field(converter=utc_ms)
+
+    def is_claimable(self, now: datetime) -> bool:
+        """``ready`` and due, or ``leased`` with its lease run out (``lease_until <= now``)."""
+        if self.state == "ready":
+            return self.available_at <= now
+        return self.state == "leased" and self.lease_until is not None and self.lease_until <= now
+
+    @property
+    def pending(self) -> bool:
+        """``ready`` or ``leased``: it still holds back the later commands of its session."""
+        return self.state in ("ready", "leased")
+
+
 def token_hint(token: str) -> str:
     """A short, stable stand-in for a token in logs and reports (never the value itself)."""
     import hashlib  # lazily: only reports and logs need it
@@ -247,7 +295,7 @@ def token_hint(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
 
 
-def differing_fields(a: Session | Token, b: Session | Token) -> list[str]:
+def differing_fields(a: Session | Token | Command, b: Session | Token | Command) -> list[str]:
     """Names of the fields in which two records of one kind differ, in model order."""
     return [f.name for f in attrs.fields(type(a)) if getattr(a, f.name) != getattr(b, f.name)]
 
@@ -305,6 +353,7 @@ def _trusted(cls: type[Any], values: dict[str, Any]) -> Any:
 
 
 _SESSION_FIELDS: Final = tuple(field.name for field in attrs.fields(Session))
+_COMMAND_FIELDS: Final = tuple(field.name for field in attrs.fields(Command))
 _TIMESTAMPS: Final = frozenset({"created_at", "updated_at", "last_seen", "expires_at"})
 
 
@@ -321,6 +370,13 @@ def changed_session(session: Session, **changes: Any) -> Session:
     for name, value in changes.items():
         values[name] = utc_ms(value) if name in _TIMESTAMPS else value
     return _trusted(Session, values)  # type: ignore[no-any-return]
+
+
+def changed_command(command: Command, **changes: Any) -> Command:
+    """``command`` with ``changes`` applied; the caller has validated them."""
+    values = {name: getattr(command, name) for name in _COMMAND_FIELDS}
+    values.update(changes)
+    return _trusted(Command, values)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- legacy JSON format

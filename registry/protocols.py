@@ -34,9 +34,9 @@ from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from registry.models import Session, Token, Transport
+from registry.models import Command, Session, Token, Transport
 
-__all__ = ["AliveProbe", "SessionRegistry", "Store", "TokenStore"]
+__all__ = ["AliveProbe", "CommandInbox", "SessionRegistry", "Store", "TokenStore"]
 
 AliveProbe = Callable[[int, "int | None"], bool]
 """``is_alive(pid, start_time) -> bool``, as :func:`registry.liveness.is_process_alive`."""
@@ -224,8 +224,127 @@ class TokenStore(Protocol):
 
 
 @runtime_checkable
+class CommandInbox(Protocol):
+    """Commands from Telegram waiting to be typed into their session's terminal, keyed by id.
+
+    Delivery is at-least-once with an idempotent enqueue: a consumer that dies holding a command
+    loses nothing (the command is claimed again once its lease runs out), so a command may be
+    delivered twice; a store effect made in the same :meth:`Store.atomic` unit as
+    :meth:`complete` happens exactly once. Definitions:
+
+    * ``seq`` is given at enqueue, strictly increasing within a store, and never reused.
+    * A command is *pending* while it is ``ready`` or ``leased``; *claimable* when it is
+      ``ready`` with ``available_at <= now``, or ``leased`` with ``lease_until <= now``.
+    * A command *heads its group* when no command of the same session with a smaller ``seq`` is
+      pending; commands without a session form one group of their own.
+    * ``lease`` and ``delay``/``retry_in`` arguments are non-negative ``timedelta``s; ``lease``
+      defaults to the configured ``inbox_lease_s``. Limits: ``command_id`` and ``owner`` follow
+      the rules of ``session_id``; ``payload`` is a JSON object of at most 64 KiB (65,536 bytes)
+      as compact UTF-8 JSON and at most 100 levels deep; ``error`` is text of at most 4,096
+      characters.
+    * Every change to a command sets its ``updated_at = now``.
+    * Removing a session (``remove``, ``cleanup_expired_sessions``, ``cleanup_dead_sessions``)
+      makes its pending commands ``dead`` with ``last_error = "session removed"`` in the same
+      unit; no command is deleted with its session.
+    """
+
+    def enqueue(
+        self,
+        command_id: str,
+        payload: Mapping[str, Any],
+        *,
+        session_id: str | None = None,
+        chat_id: int | None = None,
+        delay: timedelta | None = None,
+    ) -> tuple[Command, bool]:
+        """Store a new ``ready`` command, or return the one already stored under that id.
+
+        Arguments are validated first. A known ``command_id``, in any state until cleaned up,
+        returns ``(stored, False)`` and writes nothing; the payload is not compared.
+        Then the session, when given, must exist. The new command has ``attempts = 0`` and
+        ``available_at = now + delay`` (default zero) and is returned as ``(command, True)``.
+        :raises ValidationError: if an argument is invalid; nothing is written.
+        :raises SessionNotFound: if ``session_id`` names no session (and the id is new).
+        """
+        ...
+
+    def claim(self, owner: str, *, lease: timedelta | None = None) -> Command | None:
+        """Lease the claimable command with the smallest ``seq`` that heads its group.
+
+        A command the search would choose with ``attempts >= inbox_max_attempts`` becomes
+        ``dead`` with ``last_error = "gave up after N attempts"`` instead, and the search goes on.
+        The chosen command becomes ``leased`` by ``owner`` until ``now + lease``, with
+        ``attempts + 1``; None when nothing is claimable.
+        :raises ValidationError: if ``owner`` or ``lease`` is invalid.
+        """
+        ...
+
+    def extend(self, command_id: str, owner: str, *, lease: timedelta | None = None) -> Command:
+        """Set ``lease_until = now + lease`` on a command leased by ``owner``.
+
+        A lease past its time still counts until someone else claims the command.
+        :raises CommandNotFound: if there is no command with that id.
+        :raises LeaseLost: if the command is not ``leased`` by ``owner``.
+        """
+        ...
+
+    def complete(self, command_id: str, owner: str) -> Command:
+        """Make a command leased by ``owner`` ``done``, clearing its lease.
+
+        :raises CommandNotFound: if there is no command with that id.
+        :raises LeaseLost: if the command is not ``leased`` by ``owner``.
+        """
+        ...
+
+    def fail(
+        self,
+        command_id: str,
+        owner: str,
+        error: str,
+        *,
+        retry_in: timedelta | None = None,
+        final: bool = False,
+    ) -> Command:
+        """Record ``error`` as ``last_error`` on a command leased by ``owner`` and release it.
+
+        It becomes ``dead`` when ``final`` or ``attempts >= inbox_max_attempts``; else ``ready``
+        with ``available_at = now + retry_in``, or when ``retry_in`` is None
+        ``now + min(1 s * 2 ** (attempts - 1), 5 min)``. Either way its lease is cleared.
+        :raises CommandNotFound: if there is no command with that id.
+        :raises LeaseLost: if the command is not ``leased`` by ``owner``.
+        """
+        ...
+
+    def requeue(self, command_id: str) -> Command:
+        """Make a ``dead`` or ``done`` command ``ready`` again, for an operator.
+
+        It gets ``attempts = 0`` and ``available_at = now``; its ``last_error`` is kept. A
+        ``ready`` or ``leased`` command is returned unchanged.
+        :raises CommandNotFound: if there is no command with that id.
+        """
+        ...
+
+    def get(self, command_id: str) -> Command | None:
+        """The command with that id, in any state, or None."""
+        ...
+
+    def list_commands(
+        self, *, session_id: str | None = None, state: str | None = None
+    ) -> list[Command]:
+        """Every command, or those of one session and/or in one state, ordered by ``seq``."""
+        ...
+
+    def cleanup_inbox(self) -> list[str]:
+        """Remove ``done`` and ``dead`` commands with ``updated_at + inbox_retention <= now``.
+
+        Returns the removed ids sorted.
+        """
+        ...
+
+
+@runtime_checkable
 class Store(Protocol):
-    """What :func:`registry.open_store` returns: both halves over one set of data."""
+    """What :func:`registry.open_store` returns: the three stores over one set of data."""
 
     @property
     def sessions(self) -> SessionRegistry:
@@ -235,6 +354,11 @@ class Store(Protocol):
     @property
     def tokens(self) -> TokenStore:
         """The token store."""
+        ...
+
+    @property
+    def inbox(self) -> CommandInbox:
+        """The command inbox."""
         ...
 
     @property

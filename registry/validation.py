@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 TRANSPORT_KINDS: Final = ("nvim", "tmux", "pty", "unknown")
 STATES: Final = ("running", "stopped")
+COMMAND_STATES: Final = ("ready", "leased", "done", "dead")
 MAX_KEY_LEN: Final = 256
 MAX_TEXT_LEN: Final = 4096
 INT64_MIN: Final = -(2**63)
@@ -37,6 +38,8 @@ MAX_SCOPES: Final = 256
 # RecursionError); a top-level object with scalar values has depth 1.
 MAX_CONTEXT_BYTES: Final = 1024 * 1024
 MAX_CONTEXT_DEPTH: Final = 100
+# A command payload (SPEC 2): at most 64 KiB as compact UTF-8 JSON.
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -167,6 +170,27 @@ def check_state(value: object) -> str:
     return str(value)
 
 
+def check_command_state(value: object) -> str:
+    if value not in COMMAND_STATES:
+        raise ValidationError(
+            f"command state must be one of {', '.join(COMMAND_STATES)}; got {shown(value)}"
+        )
+    return str(value)
+
+
+def check_optional_key(name: str, value: object) -> str | None:
+    return None if value is None else check_key(name, value)
+
+
+def check_optional_chat_id(value: object) -> int | None:
+    return None if value is None else check_chat_id(value)
+
+
+def check_count(name: str, value: object) -> int:
+    """A non-negative int within signed 64 bits (``attempts``, ``seq``)."""
+    return _check_int(name, value, 0, INT64_MAX)
+
+
 def check_kind(value: object) -> str:
     if value not in TRANSPORT_KINDS:
         raise ValidationError(
@@ -229,8 +253,21 @@ def check_context(value: object) -> dict[str, object]:
     ``None`` are allowed, every string (keys too) must be valid Unicode, and the size is the UTF-8
     length of its compact JSON (``ensure_ascii=False``).
     """
+    return check_json_object("context", value, MAX_CONTEXT_BYTES)
+
+
+def check_payload(value: object) -> dict[str, object]:
+    """A command payload: a JSON object of at most 64 KiB and 100 levels; returns a deep copy.
+
+    The same rules as :func:`check_context`, with the inbox's size limit.
+    """
+    return check_json_object("payload", value, MAX_PAYLOAD_BYTES)
+
+
+def check_json_object(name: str, value: object, max_bytes: int) -> dict[str, object]:
+    """A JSON object of at most ``max_bytes`` as compact UTF-8 JSON and 100 levels; a deep copy."""
     if not isinstance(value, Mapping):
-        raise ValidationError(f"context must be a mapping, got {type(value).__name__}")
+        raise ValidationError(f"{name} must be a mapping, got {type(value).__name__}")
     if not value:
         return {}  # the common case (mint_token without a context): nothing to walk or measure
     import json  # lazily: a hook that only registers never needs it here
@@ -242,33 +279,33 @@ def check_context(value: object) -> dict[str, object]:
         item, depth = stack.pop()
         if isinstance(item, dict):
             if depth > MAX_CONTEXT_DEPTH:
-                raise ValidationError(f"context is nested deeper than {MAX_CONTEXT_DEPTH} levels")
+                raise ValidationError(f"{name} is nested deeper than {MAX_CONTEXT_DEPTH} levels")
             for key, child in item.items():
                 if not isinstance(key, str):
-                    raise ValidationError(f"context keys must be strings, got {type(key).__name__}")
-                _check_utf8("a context key", key)
+                    raise ValidationError(f"{name} keys must be strings, got {type(key).__name__}")
+                _check_utf8(f"a {name} key", key)
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             if depth > MAX_CONTEXT_DEPTH:
-                raise ValidationError(f"context is nested deeper than {MAX_CONTEXT_DEPTH} levels")
+                raise ValidationError(f"{name} is nested deeper than {MAX_CONTEXT_DEPTH} levels")
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, str):
-            _check_utf8("a context string", item)
+            _check_utf8(f"a {name} string", item)
         elif item is not None and not isinstance(item, bool | int | float):
             raise ValidationError(
-                "context must hold only JSON types (dict, list, str, number, bool, None), "
+                f"{name} must hold only JSON types (dict, list, str, number, bool, None), "
                 f"got {type(item).__name__}"
             )
     try:
         text = json.dumps(top, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         # NaN or infinity; an integer too long to print (Python's 4,300-digit limit).
-        raise ValidationError(f"context must be JSON: {exc}") from exc
-    if len(text) > MAX_CONTEXT_BYTES // 4 and len(text.encode("utf-8")) > MAX_CONTEXT_BYTES:
-        raise ValidationError(f"context is larger than {MAX_CONTEXT_BYTES} bytes as UTF-8 JSON")
+        raise ValidationError(f"{name} must be JSON: {exc}") from exc
+    if len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
+        raise ValidationError(f"{name} is larger than {max_bytes} bytes as UTF-8 JSON")
     copy: dict[str, object] = json.loads(text)
     if copy != top:
         # Subclasses that print as something else (an IntEnum, a str subclass) would not
         # survive a round trip through the disk.
-        raise ValidationError("context must hold only JSON types (dict, list, str, number, bool)")
+        raise ValidationError(f"{name} must hold only JSON types (dict, list, str, number, bool)")
     return copy

@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from registry.backends._inbox import SESSION_REMOVED, Inbox, InboxSettings
 from registry.errors import (
     ChatMismatch,
     RegistryError,
@@ -30,6 +31,7 @@ from registry.errors import (
 from registry.models import (
     DEFAULT_SCOPES,
     EPOCH,
+    Command,
     Session,
     Token,
     Transport,
@@ -175,6 +177,51 @@ class StorageBackend(ABC):
     def delete_expired_tokens(self, now: datetime) -> int:
         """Delete tokens with ``expires_at <= now``; how many."""
 
+    # ----------------------------------------------------------------- inbox primitives
+
+    @abstractmethod
+    def load_command(self, command_id: str) -> Command | None:
+        """The command record in any state, or None."""
+
+    @abstractmethod
+    def save_command(self, command: Command) -> None:
+        """Insert or update the command record by ``command_id``, with the ``seq`` it carries.
+
+        A later :meth:`next_command_seq` must return more than every ``seq`` ever saved.
+        """
+
+    @abstractmethod
+    def next_command_seq(self) -> int:
+        """Inside a write unit: a ``seq`` greater than any ever saved in this store (from 1)."""
+
+    @abstractmethod
+    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+        """Commands of that session and/or in that state (None: any), ordered by ``seq``."""
+
+    @abstractmethod
+    def next_claimable(self, now: datetime) -> Command | None:
+        """The claimable command (SPEC 3.4) with the smallest ``seq`` that heads its group.
+
+        Claimable: ``ready`` with ``available_at <= now``, or ``leased`` with
+        ``lease_until <= now``. Heads its group: no command of the same ``session_id`` (None
+        is a group of its own) with a smaller ``seq`` is ``ready`` or ``leased``.
+        """
+
+    @abstractmethod
+    def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
+        """Make the ``ready`` and ``leased`` commands of these sessions ``dead``.
+
+        Each gets ``last_error = error``, ``updated_at = now`` and no lease.
+        """
+
+    @abstractmethod
+    def finished_command_ids(self, cutoff: datetime) -> list[str]:
+        """Ids of ``done`` and ``dead`` commands with ``updated_at <= cutoff``."""
+
+    @abstractmethod
+    def delete_commands(self, command_ids: list[str]) -> None:
+        """Delete these command records; ids that do not exist are ignored."""
+
     def data_version(self) -> object:
         """Inside a read or write scope: a value that changes whenever the stored data may have.
 
@@ -202,7 +249,14 @@ class BaseStore(StorageBackend):
 
     backend: str = ""
 
-    def __init__(self, *, clock: Clock, session_ttl: timedelta, token_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        session_ttl: timedelta,
+        token_ttl: timedelta,
+        inbox: InboxSettings | None = None,
+    ) -> None:
         if not callable(clock):
             # open_store(clock=...) reaches here first; a raw TypeError would come at first use.
             raise ValidationError(f"clock must be callable, got {type(clock).__name__}")
@@ -213,6 +267,8 @@ class BaseStore(StorageBackend):
         self._system_clock = _is_system_clock(clock)
         self._session_ttl = session_ttl
         self._token_ttl = token_ttl
+        self.inbox_settings = InboxSettings() if inbox is None else inbox
+        self._inbox = Inbox(self)
         self._closed = False
 
     @abstractmethod
@@ -228,6 +284,10 @@ class BaseStore(StorageBackend):
     @property
     def tokens(self) -> BaseStore:
         return self
+
+    @property
+    def inbox(self) -> Inbox:
+        return self._inbox
 
     @property
     def session_ttl(self) -> timedelta:
@@ -382,17 +442,17 @@ class BaseStore(StorageBackend):
         if not is_key("session_id", session_id):
             self._check_open()
             return False
-        with self._write():
+        with self._write() as now:
             if self.load_session(session_id) is None:
                 return False
-            self.delete_sessions([session_id])
+            self._remove_sessions([session_id], now)
             return True
 
     def cleanup_expired_sessions(self) -> list[str]:
         with self._write() as now:
             expired = sorted(self.expired_session_ids(now))
             if expired:
-                self.delete_sessions(expired)
+                self._remove_sessions(expired, now)
         return expired
 
     def cleanup_dead_sessions(self, is_alive: AliveProbe | None = None) -> list[str]:
@@ -415,7 +475,7 @@ class BaseStore(StorageBackend):
         dead = [s for s in candidates if s.ppid is not None and not is_alive(s.ppid, s.start_time)]
         removed: list[str] = []
         if dead:
-            with self._write():
+            with self._write() as written_at:
                 # Nothing written since the candidates were read: every verdict stands. Else a
                 # session is removed only if its record is the one probed and was last written
                 # before that read; a write during the probe stamps it with a time >= `now`,
@@ -428,8 +488,13 @@ class BaseStore(StorageBackend):
                     and (quiet or max(s.updated_at, s.last_seen) < now)
                 )
                 if removed:
-                    self.delete_sessions(removed)
+                    self._remove_sessions(removed, written_at)
         return removed
+
+    def _remove_sessions(self, session_ids: list[str], now: datetime) -> None:
+        """Delete sessions with their tokens; their pending commands become ``dead`` (SPEC 3.4)."""
+        self.delete_sessions(session_ids)
+        self.end_commands_of(session_ids, now, SESSION_REMOVED)
 
     def _require(self, session_id: str) -> Session:
         session = self.load_session(session_id) if is_key("session_id", session_id) else None

@@ -50,8 +50,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from registry.backends._base import BaseStore, Clock
+from registry.backends._inbox import InboxSettings
 from registry.errors import RegistryError
-from registry.models import Session, Token, differing_fields, token_hint
+from registry.models import Command, Session, Token, differing_fields, token_hint
 
 log = logging.getLogger("registry.dual")
 
@@ -104,7 +105,7 @@ def _describe(primary: Any, secondary: Any) -> str:
     if primary is None or secondary is None:
         side = "secondary" if secondary is None else "primary"
         return f"missing on the {side}"
-    if isinstance(primary, Session | Token) and isinstance(secondary, type(primary)):
+    if isinstance(primary, Session | Token | Command) and isinstance(secondary, type(primary)):
         return "fields " + ", ".join(differing_fields(primary, secondary))
     if isinstance(primary, list) and isinstance(secondary, list):
         keys_p = [_key(item) for item in primary]
@@ -137,6 +138,8 @@ def _key(record: Any) -> str:
         return token_hint(record.token)
     if isinstance(record, Session):
         return record.session_id
+    if isinstance(record, Command):
+        return record.command_id
     return str(record)
 
 
@@ -155,11 +158,12 @@ class DualStore(BaseStore):
         clock: Clock,
         session_ttl: timedelta,
         token_ttl: timedelta,
+        inbox: InboxSettings | None = None,
         secondary_name: str | None = None,
         secondary_error: str | None = None,
     ) -> None:
         """``secondary`` is None when it could not be opened; ``secondary_error`` says why."""
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl)
+        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
         self.primary = primary
         self.secondary = secondary
         self.secondary_name = secondary.backend if secondary is not None else secondary_name
@@ -407,3 +411,42 @@ class DualStore(BaseStore):
             found,
             lambda: self._side.session_of_live_token(token, now),
         )
+
+    # ----------------------------------------------------------------- inbox primitives
+    #
+    # The primary gives every seq; the secondary stores the record with the primary's seq, so
+    # both hold the same commands in the same order (diff_stores compares seq too).
+
+    def load_command(self, command_id: str) -> Command | None:
+        found = self.primary.load_command(command_id)
+        return self._compare(
+            "command", command_id, found, lambda: self._side.load_command(command_id)
+        )
+
+    def save_command(self, command: Command) -> None:
+        self.primary.save_command(command)
+        self._mirror(lambda: self._side.save_command(command))
+
+    def next_command_seq(self) -> int:
+        return self.primary.next_command_seq()
+
+    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+        def select(side: BaseStore) -> list[Command]:
+            return side.select_commands(session_id=session_id, state=state)
+
+        what = f"list(session_id={session_id}, state={state})"
+        return self._compare("commands", what, select(self.primary), lambda: select(self._side))
+
+    def next_claimable(self, now: datetime) -> Command | None:
+        return self.primary.next_claimable(now)  # inside a write unit: the primary decides
+
+    def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
+        self.primary.end_commands_of(session_ids, now, error)
+        self._mirror(lambda: self._side.end_commands_of(session_ids, now, error))
+
+    def finished_command_ids(self, cutoff: datetime) -> list[str]:
+        return self.primary.finished_command_ids(cutoff)
+
+    def delete_commands(self, command_ids: list[str]) -> None:
+        self.primary.delete_commands(command_ids)
+        self._mirror(lambda: self._side.delete_commands(command_ids))

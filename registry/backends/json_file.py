@@ -1,5 +1,10 @@
 """The json backend: the legacy daemon's two files, made safe across processes (SPEC 4).
 
+The command inbox (SPEC 3.4) lives in a third file of this backend's own format,
+``ccr-inbox.json``, under the same lock and in the same write units, so ``atomic()`` is
+all-or-nothing across all three files (the legacy daemon kept its inbox in SQLite and never
+reads this file).
+
 ``claude-sessions.json`` and ``claude-tokens.json`` in ``data_dir`` keep the legacy daemon's
 format, so the old daemon can read what this writes. Every read and every write unit holds a
 ``filelock`` on a sidecar lock file (never a data file: ``os.replace`` swaps those) with a
@@ -39,10 +44,13 @@ from typing import Any, Final, TypeVar
 import filelock
 
 from registry.backends._base import BaseStore, Clock
+from registry.backends._inbox import InboxSettings
 from registry.errors import RegistryError, StoreBusy, StoreCorrupted, ValidationError
 from registry.models import (
+    Command,
     Session,
     Token,
+    changed_command,
     parse_json_object,
     session_from_legacy,
     session_to_legacy,
@@ -52,10 +60,15 @@ from registry.models import (
     token_to_legacy,
     unwrap_sessions_document,
 )
+from registry.models import from_ms as _from_ms
+from registry.models import to_ms as _to_ms
 from registry.paths import FILE_MODE, ensure_private_dir, fsync_dir
 
 SESSIONS_FILE: Final = "claude-sessions.json"
 TOKENS_FILE: Final = "claude-tokens.json"
+INBOX_FILE: Final = "ccr-inbox.json"
+# The inbox file's format version: a file of a newer one is refused, untouched.
+INBOX_FORMAT: Final = 1
 LOCK_FILE: Final = ".ccr-registry.lock"
 JOURNAL_FILE: Final = ".ccr-registry.journal"
 TEMP_PREFIX: Final = ".ccr-tmp-"
@@ -65,6 +78,12 @@ TORN_READ_WAIT_S: Final = 1.0
 TORN_READ_POLL_S: Final = 0.02
 
 R = TypeVar("R")
+
+
+def _seq(command: Command) -> int:
+    return command.seq
+
+
 _FileKey = tuple[int, int, int]
 
 
@@ -111,14 +130,19 @@ def _dumps(value: object, *, indent: int | None = None) -> str:
 class _Document:
     """One parsed file: its records in file order, and which of them are readable."""
 
-    __slots__ = ("raw", "records", "unreadable")
+    __slots__ = ("next_seq", "raw", "records", "unreadable")
 
     def __init__(
-        self, raw: dict[str, _Raw], records: dict[str, Any], unreadable: dict[str, str]
+        self,
+        raw: dict[str, _Raw],
+        records: dict[str, Any],
+        unreadable: dict[str, str],
+        next_seq: int = 1,
     ) -> None:
         self.raw = raw  # every record, in file order
         self.records = records  # key -> model, for the records that could be read
         self.unreadable = unreadable  # key -> why it cannot be read
+        self.next_seq = next_seq  # the inbox file only: the next seq to give
 
 
 # Every key the legacy codecs read (both shapes); anything else in a record is someone else's.
@@ -162,6 +186,95 @@ def render(
     return ("{\n" + body + "\n}\n").encode("utf-8"), out
 
 
+def command_to_json(command: Command) -> dict[str, Any]:
+    """A command as the inbox file holds it: the model's fields, timestamps in epoch ms."""
+    lease_until = command.lease_until
+    return {
+        "command_id": command.command_id,
+        "session_id": command.session_id,
+        "seq": command.seq,
+        "payload": command.payload.to_dict(),
+        "chat_id": command.chat_id,
+        "state": command.state,
+        "attempts": command.attempts,
+        "available_at": _to_ms(command.available_at),
+        "lease_owner": command.lease_owner,
+        "lease_until": None if lease_until is None else _to_ms(lease_until),
+        "last_error": command.last_error,
+        "created_at": _to_ms(command.created_at),
+        "updated_at": _to_ms(command.updated_at),
+    }
+
+
+_INBOX_RECORD_KEYS: Final = frozenset(
+    (
+        *("command_id", "session_id", "seq", "payload", "chat_id", "state", "attempts"),
+        *("available_at", "lease_owner", "lease_until", "last_error", "created_at", "updated_at"),
+    )
+)
+
+
+def command_from_json(key: str, value: object) -> Command:
+    """A command of the inbox file, through the model's validators (ValidationError if bad)."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"command {key!r} is not an object")
+    if set(value) != _INBOX_RECORD_KEYS:
+        raise ValidationError(f"command {key!r} does not have the fields of a command")
+    if value["command_id"] != key:
+        raise ValidationError(f"command {key!r} holds the id {value['command_id']!r}")
+    times: dict[str, datetime | None] = {}
+    for name in ("available_at", "lease_until", "created_at", "updated_at"):
+        ms = value[name]
+        if ms is None and name == "lease_until":
+            times[name] = None
+        elif isinstance(ms, int) and not isinstance(ms, bool):
+            times[name] = _from_ms(ms)
+        else:
+            raise ValidationError(f"command {key!r}: {name} is not epoch milliseconds")
+    return Command(**{**value, **times})
+
+
+def render_inbox(commands: dict[str, Command], next_seq: int) -> bytes:
+    """The inbox file: its format version, the next seq, and the commands in seq order."""
+    ordered = sorted(commands.values(), key=lambda c: c.seq)
+    document = {
+        "format": INBOX_FORMAT,
+        "next_seq": next_seq,
+        "commands": {c.command_id: command_to_json(c) for c in ordered},
+    }
+    return (_dumps(document, indent=2) + "\n").encode("utf-8")
+
+
+def parse_inbox(path: Path, raw: bytes) -> _Document:
+    """The inbox file's commands; a file or record that cannot be read is refused whole.
+
+    This file is this backend's own (no other program writes it), so a record it cannot
+    read means damage: refusing the file keeps every command in it, where skipping one would
+    lose it on the next rewrite.
+    :raises StoreCorrupted: for anything but a well-formed inbox of a known format.
+    """
+    try:
+        document = parse_json_object(raw)
+        version = document.get("format")
+        if isinstance(version, int) and version > INBOX_FORMAT:
+            raise StoreCorrupted(
+                f"{path}: inbox format {version} is newer than this code supports "
+                f"({INBOX_FORMAT}); upgrade ccr-registry. Left unmodified."
+            )
+        if set(document) != {"format", "next_seq", "commands"} or version != INBOX_FORMAT:
+            raise ValidationError("not a ccr-registry inbox file")
+        next_seq, records = document["next_seq"], document["commands"]
+        if not isinstance(next_seq, int) or isinstance(next_seq, bool) or next_seq < 1:
+            raise ValidationError(f"next_seq {next_seq!r} is not a positive int")
+        if not isinstance(records, dict):
+            raise ValidationError("commands is not an object")
+        commands = {key: command_from_json(key, value) for key, value in records.items()}
+    except ValidationError as exc:
+        raise StoreCorrupted(f"{path}: cannot be read: {exc}") from exc
+    top = max((c.seq for c in commands.values()), default=0)
+    return _Document({}, commands, {}, max(next_seq, top + 1))
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` durably: temp file beside it, fsync, rename, fsync dir."""
     temp = write_temp(path.parent, path.name, data)
@@ -198,7 +311,10 @@ class _State:
     cannot be understood, tokens whose session is missing).
     """
 
-    __slots__ = ("hidden", "raw", "sessions", "sessions_changed", "tokens", "tokens_changed")
+    __slots__ = (
+        *("commands", "commands_changed", "hidden", "next_seq", "raw", "sessions"),
+        *("sessions_changed", "tokens", "tokens_changed"),
+    )
 
     def __init__(
         self,
@@ -206,24 +322,42 @@ class _State:
         tokens: dict[str, Token],
         raw: dict[str, dict[str, _Raw]] | None = None,
         hidden: dict[str, set[str]] | None = None,
+        commands: dict[str, Command] | None = None,
+        next_seq: int = 1,
     ) -> None:
         self.sessions = sessions
         self.tokens = tokens
         self.raw = raw if raw is not None else {SESSIONS_FILE: {}, TOKENS_FILE: {}}
         self.hidden = hidden if hidden is not None else {SESSIONS_FILE: set(), TOKENS_FILE: set()}
+        self.commands = commands if commands is not None else {}
+        self.next_seq = next_seq
         self.sessions_changed = False
         self.tokens_changed = False
+        self.commands_changed = False
 
     def copy(self) -> _State:
         hidden = {name: set(keys) for name, keys in self.hidden.items()}
-        state = _State(dict(self.sessions), dict(self.tokens), self.raw, hidden)
+        state = _State(
+            dict(self.sessions), dict(self.tokens), self.raw, hidden, dict(self.commands)
+        )
+        state.next_seq = self.next_seq
         state.sessions_changed = self.sessions_changed
         state.tokens_changed = self.tokens_changed
+        state.commands_changed = self.commands_changed
         return state
+
+    def restore(self, saved: _State) -> None:
+        """Take back ``saved``'s records and flags (a savepoint rolled back)."""
+        self.sessions, self.tokens, self.hidden = saved.sessions, saved.tokens, saved.hidden
+        self.commands, self.next_seq = saved.commands, saved.next_seq
+        self.sessions_changed = saved.sessions_changed
+        self.tokens_changed = saved.tokens_changed
+        self.commands_changed = saved.commands_changed
 
 
 _TEMP_NAME = re.compile(
-    re.escape(TEMP_PREFIX) + r"(claude-sessions\.json|claude-tokens\.json)-[0-9a-f]{16}"
+    re.escape(TEMP_PREFIX)
+    + r"(claude-sessions\.json|claude-tokens\.json|ccr-inbox\.json)-[0-9a-f]{16}"
 )
 
 
@@ -350,15 +484,17 @@ class JsonStore(BaseStore):
         session_ttl: timedelta,
         token_ttl: timedelta,
         lock_timeout_s: float,
+        inbox: InboxSettings | None = None,
     ) -> None:
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl)
+        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
         self.data_dir = Path(data_dir)
         self.sessions_path = self.data_dir / SESSIONS_FILE
         self.tokens_path = self.data_dir / TOKENS_FILE
         self._timeout = lock_timeout_s
         # Parsed files keyed by (inode, size, mtime_ns): an unchanged file is not parsed again.
         self._cache: dict[str, tuple[_FileKey, int, _Document]] = {}
-        self._loaded: tuple[tuple[_FileKey | None, _FileKey | None], _State] | None = None
+        self.inbox_path = self.data_dir / INBOX_FILE
+        self._loaded: tuple[tuple[_FileKey | None, ...], _State] | None = None
         self._unreadable: dict[str, dict[str, str]] = {SESSIONS_FILE: {}, TOKENS_FILE: {}}
         self._reset_for_process()
         self._guard(lambda: ensure_private_dir(self.data_dir))
@@ -430,7 +566,8 @@ class JsonStore(BaseStore):
     def _load(self) -> _State:
         sessions_key, sessions = self._read_document(SESSIONS_FILE)
         tokens_key, tokens = self._read_document(TOKENS_FILE)
-        keys = (sessions_key, tokens_key)
+        inbox_key, inbox = self._read_document(INBOX_FILE)
+        keys = (sessions_key, tokens_key, inbox_key)
         if self._loaded is not None and self._loaded[0] == keys:
             return self._loaded[1]
         # A token whose session is gone (the legacy daemon's mintToken does not check that the
@@ -445,6 +582,8 @@ class JsonStore(BaseStore):
                 SESSIONS_FILE: set(sessions.raw).difference(sessions.records),
                 TOKENS_FILE: set(tokens.raw).difference(visible),
             },
+            dict(inbox.records),
+            inbox.next_seq,
         )
         self._unreadable = {SESSIONS_FILE: sessions.unreadable, TOKENS_FILE: tokens.unreadable}
         self._loaded = (keys, state)
@@ -535,6 +674,8 @@ class JsonStore(BaseStore):
 
     def _parse_document(self, path: Path, raw: bytes) -> _Document:
         """Every record of one file; only a file that is not a JSON object is refused."""
+        if path.name == INBOX_FILE:
+            return parse_inbox(path, raw)
         return parse_file(path, raw, session_ttl=self._session_ttl, token_ttl=self._token_ttl)
 
     def _commit(self, state: _State) -> None:
@@ -544,6 +685,10 @@ class JsonStore(BaseStore):
             writes.append(self._render(SESSIONS_FILE, state, state.sessions, session_to_legacy))
         if state.tokens_changed:
             writes.append(self._render(TOKENS_FILE, state, state.tokens, token_to_legacy))
+        if state.commands_changed:
+            data = render_inbox(state.commands, state.next_seq)
+            document = _Document({}, dict(state.commands), {}, state.next_seq)
+            writes.append((INBOX_FILE, data, document))
         if writes:  # a change that changes nothing writes nothing
             self._guard(lambda: self._write_files(writes))
 
@@ -603,10 +748,7 @@ class JsonStore(BaseStore):
             try:
                 yield
             except BaseException:
-                unit.sessions, unit.tokens = saved.sessions, saved.tokens
-                unit.hidden = saved.hidden
-                unit.sessions_changed = saved.sessions_changed
-                unit.tokens_changed = saved.tokens_changed
+                unit.restore(saved)
                 raise
             return
         with self._locked() as loaded:
@@ -771,6 +913,72 @@ class JsonStore(BaseStore):
         found = [t for t in self._state().tokens.values() if t.session_id == session_id]
         found.sort(key=lambda t: (t.created_at, t.token))
         return found
+
+    # ----------------------------------------------------------------- inbox primitives
+
+    def load_command(self, command_id: str) -> Command | None:
+        return self._state().commands.get(command_id)
+
+    def save_command(self, command: Command) -> None:
+        state = self._state()
+        if state.commands.get(command.command_id) != command:
+            state.commands[command.command_id] = command
+            state.next_seq = max(state.next_seq, command.seq + 1)
+            state.commands_changed = True
+
+    def next_command_seq(self) -> int:
+        return self._state().next_seq
+
+    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+        found = [
+            c
+            for c in self._state().commands.values()
+            if (session_id is None or c.session_id == session_id)
+            and (state is None or c.state == state)
+        ]
+        found.sort(key=lambda c: c.seq)
+        return found
+
+    def next_claimable(self, now: datetime) -> Command | None:
+        pending = sorted((c for c in self._state().commands.values() if c.pending), key=_seq)
+        heads: set[str | None] = set()  # groups whose head has been passed
+        for command in pending:
+            group = command.session_id
+            if group in heads:
+                continue
+            heads.add(group)
+            if command.is_claimable(now):
+                return command
+        return None
+
+    def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
+        state = self._state()
+        doomed = set(session_ids)
+        for command in list(state.commands.values()):
+            if command.session_id in doomed and command.pending:
+                self.save_command(
+                    changed_command(
+                        command,
+                        state="dead",
+                        last_error=error,
+                        lease_owner=None,
+                        lease_until=None,
+                        updated_at=now,
+                    )
+                )
+
+    def finished_command_ids(self, cutoff: datetime) -> list[str]:
+        return [
+            c.command_id
+            for c in self._state().commands.values()
+            if c.state in ("done", "dead") and c.updated_at <= cutoff
+        ]
+
+    def delete_commands(self, command_ids: list[str]) -> None:
+        state = self._state()
+        for command_id in command_ids:
+            if state.commands.pop(command_id, None) is not None:
+                state.commands_changed = True
 
     def delete_expired_tokens(self, now: datetime) -> int:
         state = self._state()

@@ -36,20 +36,30 @@ from pathlib import Path
 from typing import Any, Final
 
 from registry.backends._base import BaseStore, Clock
+from registry.backends._inbox import InboxSettings
 from registry.backends.sqlite_sql import (
+    COMMAND_COLUMNS,
+    END_COMMANDS,
+    FINISHED_COMMANDS,
+    NEXT_CLAIMABLE,
+    NEXT_SEQ,
     ORDER,
     SCHEMA_VERSION,
+    SELECT_COMMAND,
     SELECT_SESSION,
     SELECT_TOKEN,
     SESSION_COLUMNS,
     SESSION_EXISTS,
     TOKEN_COLUMNS,
+    UPSERT_COMMAND,
     UPSERT_SESSION,
     UPSERT_TOKEN,
     Transaction,
     connect,
+    decode_command,
     decode_session,
     decode_token,
+    encode_command,
     encode_given,
     encode_session,
     encode_token,
@@ -64,7 +74,7 @@ from registry.backends.sqlite_sql import (
     update_row,
 )
 from registry.errors import RegistryError, SessionNotFound, ValidationError
-from registry.models import Session, Token, Transport, check_update, to_ms
+from registry.models import Command, Session, Token, Transport, check_update, to_ms
 from registry.paths import create_private_file, ensure_private_dir
 from registry.validation import check_key, is_key
 
@@ -344,8 +354,9 @@ class SqliteStore(BaseStore):
         session_ttl: timedelta,
         token_ttl: timedelta,
         lock_timeout_s: float,
+        inbox: InboxSettings | None = None,
     ) -> None:
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl)
+        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
         # Absolute once, here: a relative path would follow every later os.chdir, and a thread
         # opening its connection after one would open (and create) another, empty database.
         self.path = Path(os.path.abspath(path))
@@ -489,9 +500,9 @@ class SqliteStore(BaseStore):
         if not is_key("session_id", session_id):
             self._check_open()
             return False
-        self._check_open()
+        now = self._now_ms()
         with self._write_unit():
-            return remove_row(self._conn(), session_id)
+            return remove_row(self._conn(), session_id, now)
 
     def _session_ttl_ms(self) -> int:
         ttl_ms = self._ttl_ms
@@ -572,6 +583,51 @@ class SqliteStore(BaseStore):
     def delete_expired_tokens(self, now: datetime) -> int:
         cursor = self._conn().execute("DELETE FROM tokens WHERE expires_at <= ?", (to_ms(now),))
         return cursor.rowcount
+
+    # ----------------------------------------------------------------- inbox primitives
+
+    def load_command(self, command_id: str) -> Command | None:
+        row = self._conn().execute(SELECT_COMMAND, (command_id,)).fetchone()
+        return None if row is None else decode_command(row)
+
+    def save_command(self, command: Command) -> None:
+        self._conn().execute(UPSERT_COMMAND, encode_command(command))
+
+    def next_command_seq(self) -> int:
+        return int(self._conn().execute(NEXT_SEQ).fetchone()[0])
+
+    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+        # Plain ``?`` with only the given values: a statement numbering ``?1`` alone takes one
+        # binding, and sqlite3 refuses a second one.
+        where: list[str] = []
+        params: list[str] = []
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        sql = f"SELECT {COMMAND_COLUMNS} FROM commands"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._conn().execute(sql + " ORDER BY seq", params)
+        return [decode_command(row) for row in rows]
+
+    def next_claimable(self, now: datetime) -> Command | None:
+        row = self._conn().execute(NEXT_CLAIMABLE, (to_ms(now),)).fetchone()
+        return None if row is None else decode_command(row)
+
+    def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
+        stamp = to_ms(now)
+        self._conn().executemany(END_COMMANDS, [(error, stamp, sid) for sid in session_ids])
+
+    def finished_command_ids(self, cutoff: datetime) -> list[str]:
+        return [row[0] for row in self._conn().execute(FINISHED_COMMANDS, (to_ms(cutoff),))]
+
+    def delete_commands(self, command_ids: list[str]) -> None:
+        self._conn().executemany(
+            "DELETE FROM commands WHERE command_id = ?", [(cid,) for cid in command_ids]
+        )
 
     def data_version(self) -> object:
         # data_version changes when another connection (thread or process) commits;

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from registry.defaults import SESSION_REMOVED
 from registry.errors import RegistryError, StoreBusy, StoreCorrupted
 from registry.validation import (
     check_details,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, Final
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Ordered upgrade steps: MIGRATIONS[n] takes a database from user_version n to n + 1. Each runs
 # inside the same BEGIN IMMEDIATE transaction as the version bump, so it is all-or-nothing.
@@ -66,6 +67,29 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX idx_tokens_expires ON tokens(expires_at);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # Version 2: the command inbox (SPEC 3.4). No foreign key to sessions: a removed session's
+    # commands stay (dead) until retention, as the dedup memory of their ids. The partial
+    # indexes hold only pending commands, so claim and the per-session head check stay index
+    # lookups however many done commands the table keeps.
+    """
+    CREATE TABLE commands (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      command_id TEXT NOT NULL UNIQUE,
+      session_id TEXT,
+      payload TEXT NOT NULL, chat_id INTEGER,
+      state TEXT NOT NULL DEFAULT 'ready'
+        CHECK (state IN ('ready', 'leased', 'done', 'dead')),
+      attempts INTEGER NOT NULL DEFAULT 0, available_at INTEGER NOT NULL,
+      lease_owner TEXT, lease_until INTEGER, last_error TEXT,
+      created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+    CREATE INDEX idx_commands_queue ON commands(seq, session_id)
+      WHERE state IN ('ready', 'leased');
+    CREATE INDEX idx_commands_head ON commands(session_id, seq)
+      WHERE state IN ('ready', 'leased');
+    CREATE INDEX idx_commands_session ON commands(session_id, seq);
+    CREATE INDEX idx_commands_finished ON commands(updated_at)
+      WHERE state IN ('done', 'dead');
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -78,8 +102,13 @@ SESSION_FIELDS: Final = (
 TOKEN_FIELDS: Final = (
     "token", "session_id", "chat_id", "scopes", "context", "created_at", "expires_at",
 )  # fmt: skip
+COMMAND_FIELDS: Final = (
+    "seq", "command_id", "session_id", "payload", "chat_id", "state", "attempts", "available_at",
+    "lease_owner", "lease_until", "last_error", "created_at", "updated_at",
+)  # fmt: skip
 SESSION_COLUMNS: Final = ", ".join(SESSION_FIELDS)
 TOKEN_COLUMNS: Final = ", ".join(TOKEN_FIELDS)
+COMMAND_COLUMNS: Final = ", ".join(COMMAND_FIELDS)
 ORDER: Final = "ORDER BY last_seen DESC, session_id ASC"
 # The timestamp columns, which the store sets itself; every other session column is given
 # (register, update, the hook), session_id first.
@@ -135,6 +164,41 @@ REGISTER: Final = (
 )
 TOUCH: Final = "UPDATE sessions SET last_seen = ?, expires_at = ? WHERE session_id = ?"
 REMOVE: Final = "DELETE FROM sessions WHERE session_id = ?"
+
+# The inbox. PENDING is spelled once: the partial indexes match it only when the query's text
+# says exactly the same.
+PENDING: Final = "state IN ('ready', 'leased')"
+SELECT_COMMAND: Final = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id = ?"
+# seq is given by the caller (the store's next_command_seq, or a dual store's primary); the
+# upsert never changes it.
+UPSERT_COMMAND: Final = (
+    f"INSERT INTO commands ({COMMAND_COLUMNS}) VALUES ({_params(len(COMMAND_FIELDS))}) "
+    "ON CONFLICT (command_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in COMMAND_FIELDS if c not in ("seq", "command_id"))
+)
+# AUTOINCREMENT keeps the largest seq ever used in sqlite_sequence, also after that row is
+# deleted, so a seq is never given twice.
+NEXT_SEQ: Final = (
+    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'commands'), 0) + 1"
+)
+# The claimable command with the smallest seq that heads its session's group (SPEC 3.4): the
+# outer scan walks idx_commands_queue (pending commands only, in seq order), the head check is
+# one probe of idx_commands_head. ``IS`` makes the session-less commands one group.
+NEXT_CLAIMABLE: Final = (
+    f"SELECT {COMMAND_COLUMNS} FROM commands AS c INDEXED BY idx_commands_queue "
+    f"WHERE c.{PENDING} "
+    "AND (CASE c.state WHEN 'ready' THEN c.available_at ELSE c.lease_until END) <= ?1 "
+    "AND NOT EXISTS (SELECT 1 FROM commands AS p INDEXED BY idx_commands_head "
+    f"WHERE p.session_id IS c.session_id AND p.{PENDING} AND p.seq < c.seq) "
+    "ORDER BY c.seq LIMIT 1"
+)
+END_COMMANDS: Final = (
+    "UPDATE commands SET state = 'dead', last_error = ?, lease_owner = NULL, "
+    f"lease_until = NULL, updated_at = ? WHERE session_id = ? AND {PENDING}"
+)
+FINISHED_COMMANDS: Final = (
+    "SELECT command_id FROM commands WHERE state IN ('done', 'dead') AND updated_at <= ?"
+)
 
 
 # --------------------------------------------------------------------------- error translation
@@ -293,6 +357,26 @@ def encode_token(token: Any) -> tuple[Any, ...]:
     )
 
 
+def encode_command(command: Any) -> tuple[Any, ...]:
+    """A Command model as a row of COMMAND_FIELDS."""
+    lease_until = command.lease_until
+    return (
+        command.seq,
+        command.command_id,
+        command.session_id,
+        compact_json(command.payload),
+        command.chat_id,
+        command.state,
+        command.attempts,
+        ms_of(command.available_at),
+        command.lease_owner,
+        None if lease_until is None else ms_of(lease_until),
+        command.last_error,
+        ms_of(command.created_at),
+        ms_of(command.updated_at),
+    )
+
+
 def register_params(
     session_id: str, given: dict[str, Any], now: int, expires_at: int
 ) -> tuple[Any, ...]:
@@ -306,6 +390,7 @@ _GIVEN_TAIL: Final = GIVEN_COLUMNS[1:]
 # Column positions by name, for the decoders.
 _S: Final = {name: i for i, name in enumerate(SESSION_FIELDS)}
 _T: Final = {name: i for i, name in enumerate(TOKEN_FIELDS)}
+_C: Final = {name: i for i, name in enumerate(COMMAND_FIELDS)}
 
 
 def session_values(row: Sequence[Any]) -> dict[str, Any]:
@@ -323,9 +408,16 @@ def token_values(row: Sequence[Any]) -> dict[str, Any]:
     return values
 
 
+def command_values(row: Sequence[Any]) -> dict[str, Any]:
+    """A command row's columns by name, the payload parsed."""
+    values = {name: row[i] for name, i in _C.items()}
+    values["payload"] = json.loads(values["payload"])
+    return values
+
+
 def _bind_decoders() -> None:
-    """Define decode_session, decode_token and decode_checked against the models."""
-    from registry.models import FrozenMap, Session, Token, Transport, from_ms
+    """Define the decoders (decode_session, decode_token, decode_command, decode_checked)."""
+    from registry.models import Command, FrozenMap, Session, Token, Transport, from_ms
 
     new = object.__new__
     empty: FrozenMap[Any] = FrozenMap()
@@ -418,8 +510,42 @@ def _bind_decoders() -> None:
         t_expires(token, moment(row[j_expires]))
         return token
 
-    def decode_checked(kind: str, row: Sequence[Any]) -> Session | Token:
-        """A session (``kind`` "session") or token row through the models' validators."""
+    c_set = [getattr(Command, a.name).__set__ for a in Command.__attrs_attrs__]
+    assert [a.name for a in Command.__attrs_attrs__] == [
+        "command_id", "session_id", "seq", "payload", "chat_id", "state", "attempts",
+        "available_at", "lease_owner", "lease_until", "last_error", "created_at", "updated_at",
+    ]  # fmt: skip
+    c_order = [_C[a.name] for a in Command.__attrs_attrs__]
+    c_payload, c_available, c_lease_until = _C["payload"], _C["available_at"], _C["lease_until"]
+    c_created, c_updated = _C["created_at"], _C["updated_at"]
+
+    def decode_command(row: Sequence[Any]) -> Command:
+        """A Command from a row, without the validators (see decode_session)."""
+        values = list(row)
+        payload = values[c_payload]
+        values[c_payload] = empty if payload == "{}" else FrozenMap(json.loads(payload))
+        for i in (c_available, c_created, c_updated):
+            values[i] = moment(values[i])
+        if values[c_lease_until] is not None:
+            values[c_lease_until] = moment(values[c_lease_until])
+        command = new(Command)
+        for setter, i in zip(c_set, c_order, strict=True):
+            setter(command, values[i])
+        return command
+
+    def decode_checked(kind: str, row: Sequence[Any]) -> Session | Token | Command:
+        """A session (``kind`` "session"), token or command row through the validators."""
+        if kind == "command":
+            c = command_values(row)
+            return Command(
+                command_id=c["command_id"], session_id=c["session_id"], seq=c["seq"],
+                payload=c["payload"], chat_id=c["chat_id"], state=c["state"],
+                attempts=c["attempts"], available_at=from_ms(c["available_at"]),
+                lease_owner=c["lease_owner"],
+                lease_until=None if c["lease_until"] is None else from_ms(c["lease_until"]),
+                last_error=c["last_error"], created_at=from_ms(c["created_at"]),
+                updated_at=from_ms(c["updated_at"]),
+            )  # fmt: skip
         if kind == "session":
             v = session_values(row)
             return Session(
@@ -439,12 +565,15 @@ def _bind_decoders() -> None:
         )  # fmt: skip
 
     globals().update(
-        decode_session=decode_session, decode_token=decode_token, decode_checked=decode_checked
+        decode_session=decode_session,
+        decode_token=decode_token,
+        decode_command=decode_command,
+        decode_checked=decode_checked,
     )
 
 
 _CACHE_MAX: Final = 4096
-_LAZY: Final = ("decode_session", "decode_token", "decode_checked")
+_LAZY: Final = ("decode_session", "decode_token", "decode_command", "decode_checked")
 
 
 def __getattr__(name: str) -> Any:
@@ -457,11 +586,12 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from registry.models import Session, Token
+    from registry.models import Command, Session, Token
 
     def decode_session(row: Sequence[Any]) -> Session: ...
     def decode_token(row: Sequence[Any]) -> Token: ...
-    def decode_checked(kind: str, row: Sequence[Any]) -> Session | Token: ...
+    def decode_command(row: Sequence[Any]) -> Command: ...
+    def decode_checked(kind: str, row: Sequence[Any]) -> Session | Token | Command: ...
 
 
 def refuse_orphan_wal(path: Path) -> None:
@@ -632,6 +762,10 @@ def update_row(
     return conn.execute(SELECT_SESSION, (session_id,)).fetchone()  # type: ignore[no-any-return]
 
 
-def remove_row(conn: sqlite3.Connection, session_id: str) -> bool:
-    """Delete a session; its tokens go with it through ON DELETE CASCADE."""
-    return conn.execute(REMOVE, (session_id,)).rowcount > 0
+def remove_row(conn: sqlite3.Connection, session_id: str, now: int) -> bool:
+    """Delete a session (its tokens go with it through ON DELETE CASCADE) and make its pending
+    commands dead (SPEC 3.4), in the caller's transaction; whether it existed."""
+    if conn.execute(REMOVE, (session_id,)).rowcount == 0:
+        return False
+    conn.execute(END_COMMANDS, (SESSION_REMOVED, now, session_id))
+    return True

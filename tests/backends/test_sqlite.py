@@ -25,7 +25,7 @@ def pragma(store: SqliteStore, name: str) -> object:
 
 def test_schema_version_and_objects(tmp_path: Path, clock: FakeClock) -> None:
     with open_sqlite(tmp_path, clock) as store:
-        assert pragma(store, "user_version") == SCHEMA_VERSION == 1
+        assert pragma(store, "user_version") == SCHEMA_VERSION == 2
         names = {
             row[0]
             for row in store._conn().execute("SELECT name FROM sqlite_master WHERE sql IS NOT NULL")
@@ -39,6 +39,12 @@ def test_schema_version_and_objects(tmp_path: Path, clock: FakeClock) -> None:
         "idx_sessions_expires",
         "idx_tokens_session",
         "idx_tokens_expires",
+        "commands",
+        "sqlite_sequence",  # AUTOINCREMENT's record of the largest seq ever given
+        "idx_commands_queue",
+        "idx_commands_head",
+        "idx_commands_session",
+        "idx_commands_finished",
     }
 
 
@@ -93,7 +99,7 @@ def test_newer_schema_is_refused_and_not_modified(tmp_path: Path, clock: FakeClo
         conn.execute("PRAGMA user_version = 7")
     conn.close()
     before = db.read_bytes()
-    with pytest.raises(RegistryError, match=r"version 7.*version 1"):
+    with pytest.raises(RegistryError, match=rf"version 7.*version {SCHEMA_VERSION}"):
         open_sqlite(tmp_path, clock)
     assert db.read_bytes() == before
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from registry import RegistryError, StoreCorrupted, open_store
+from registry.backends.sqlite_sql import SCHEMA_VERSION
 from tests.conftest import LEGACY_SAMPLES
 
 SCRIPT = Path(sys.executable).parent / "ccr-registry"
@@ -117,7 +118,7 @@ def test_newer_schema_is_refused_by_the_cli_with_exit_3(tmp_path: Path) -> None:
     data = tmp_path / "data"
     db = build(data, count=3)
     conn = sqlite3.connect(db)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
     before = db.read_bytes()
@@ -128,7 +129,8 @@ def test_newer_schema_is_refused_by_the_cli_with_exit_3(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 3
-    assert "version 2" in done.stderr and "version 1" in done.stderr
+    newer, current = f"version {SCHEMA_VERSION + 1}", f"version {SCHEMA_VERSION}"
+    assert newer in done.stderr and current in done.stderr
     assert db.read_bytes() == before
     with pytest.raises(RegistryError):
         open_store({"backend": "sqlite", "data_dir": str(data)})

@@ -60,22 +60,26 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     ) from exc
 
 from registry.backends._base import BaseStore, Clock
+from registry.backends._inbox import InboxSettings
 from registry.backends.sqlite_sql import (
+    COMMAND_FIELDS,
     SESSION_FIELDS,
     TOKEN_FIELDS,
+    decode_command,
     decode_session,
     decode_token,
+    encode_command,
     encode_session,
     encode_token,
 )
-from registry.models import Session, Token, to_ms
+from registry.models import Command, Session, Token, to_ms
 
 if TYPE_CHECKING:
     from registry.config import StoreConfig
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "open_backend"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Ordered upgrade steps: MIGRATIONS[n] takes a schema from version n to n + 1, inside the one
 # transaction that also records the new version.
@@ -105,6 +109,31 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     INSERT INTO meta (key, value) VALUES ('data_version', '0');
     """,
+    # Version 2: the command inbox (SPEC 3.4), as in sqlite: no foreign key to sessions, and
+    # partial indexes on the pending commands for claim and the per-session head check. seq is
+    # given by the store (next_command_seq), never by a sequence: a dual store saves the
+    # primary's seq on the secondary. meta's command_seq keeps the largest seq ever deleted,
+    # so that a seq is never given twice.
+    """
+    CREATE TABLE commands (
+      seq BIGINT PRIMARY KEY,
+      command_id TEXT COLLATE "C" NOT NULL UNIQUE,
+      session_id TEXT COLLATE "C",
+      payload TEXT NOT NULL, chat_id BIGINT,
+      state TEXT NOT NULL DEFAULT 'ready'
+        CHECK (state IN ('ready', 'leased', 'done', 'dead')),
+      attempts INTEGER NOT NULL DEFAULT 0, available_at BIGINT NOT NULL,
+      lease_owner TEXT COLLATE "C", lease_until BIGINT, last_error BYTEA,
+      created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+    CREATE INDEX idx_commands_queue ON commands(seq, session_id)
+      WHERE state IN ('ready', 'leased');
+    CREATE INDEX idx_commands_head ON commands(session_id, seq)
+      WHERE state IN ('ready', 'leased');
+    CREATE INDEX idx_commands_session ON commands(session_id, seq);
+    CREATE INDEX idx_commands_finished ON commands(updated_at)
+      WHERE state IN ('done', 'dead');
+    INSERT INTO meta (key, value) VALUES ('command_seq', '0');
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -117,6 +146,7 @@ _INHERITED: list[object] = []
 
 SESSION_COLUMNS: Final = ", ".join(SESSION_FIELDS)
 TOKEN_COLUMNS: Final = ", ".join(TOKEN_FIELDS)
+COMMAND_COLUMNS: Final = ", ".join(COMMAND_FIELDS)
 ORDER: Final = "ORDER BY last_seen DESC, session_id ASC"
 
 
@@ -151,6 +181,42 @@ BUMP_DATA_VERSION: Final = (
 )
 READ_DATA_VERSION: Final = "SELECT value FROM meta WHERE key = 'data_version'"
 
+# The inbox. PENDING is spelled as the partial indexes' predicate, so the planner uses them.
+PENDING: Final = "state IN ('ready', 'leased')"
+SELECT_COMMAND: Final = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id = %s"
+UPSERT_COMMAND: Final = (
+    f"INSERT INTO commands ({COMMAND_COLUMNS}) VALUES ({_params(len(COMMAND_FIELDS))}) "
+    "ON CONFLICT (command_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in COMMAND_FIELDS if c not in ("seq", "command_id"))
+)
+NEXT_SEQ: Final = (
+    "SELECT GREATEST((SELECT COALESCE(max(seq), 0) FROM commands),"
+    " (SELECT value::bigint FROM meta WHERE key = 'command_seq')) + 1"
+)
+# Before a delete: remember the largest seq going away.
+KEEP_DELETED_SEQ: Final = (
+    "UPDATE meta SET value = GREATEST(value::bigint,"
+    " (SELECT COALESCE(max(seq), 0) FROM commands WHERE command_id = ANY(%s)))::text"
+    " WHERE key = 'command_seq'"
+)
+# The claimable command with the smallest seq that heads its session's group (SPEC 3.4);
+# IS NOT DISTINCT FROM makes the session-less commands one group.
+NEXT_CLAIMABLE: Final = (
+    f"SELECT {COMMAND_COLUMNS} FROM commands AS c "
+    f"WHERE c.{PENDING} "
+    "AND (CASE c.state WHEN 'ready' THEN c.available_at ELSE c.lease_until END) <= %(now)s "
+    "AND NOT EXISTS (SELECT 1 FROM commands AS p "
+    f"WHERE p.session_id IS NOT DISTINCT FROM c.session_id AND p.{PENDING} AND p.seq < c.seq) "
+    "ORDER BY c.seq LIMIT 1"
+)
+END_COMMANDS: Final = (
+    "UPDATE commands SET state = 'dead', last_error = %s, lease_owner = NULL, "
+    f"lease_until = NULL, updated_at = %s WHERE session_id = ANY(%s) AND {PENDING}"
+)
+FINISHED_COMMANDS: Final = (
+    "SELECT command_id FROM commands WHERE state IN ('done', 'dead') AND updated_at <= %s"
+)
+
 # --------------------------------------------------------------------------- the row codec
 # The sqlite backend's codec (registry.backends.sqlite_sql), with cwd and label as UTF-8 bytes.
 
@@ -178,6 +244,21 @@ def decode_pg_session(row: Sequence[Any]) -> Session:
     values[_CWD] = _to_text(values[_CWD])
     values[_LABEL] = _to_text(values[_LABEL])
     return decode_session(values)
+
+
+_LAST_ERROR: Final = COMMAND_FIELDS.index("last_error")
+
+
+def encode_pg_command(command: Command) -> list[Any]:
+    row = list(encode_command(command))
+    row[_LAST_ERROR] = _to_bytes(row[_LAST_ERROR])
+    return row
+
+
+def decode_pg_command(row: Sequence[Any]) -> Command:
+    values = list(row)
+    values[_LAST_ERROR] = _to_text(values[_LAST_ERROR])
+    return decode_command(values)
 
 
 # --------------------------------------------------------------------------- errors
@@ -373,9 +454,10 @@ class PostgresStore(BaseStore):
         session_ttl: timedelta,
         token_ttl: timedelta,
         lock_timeout_s: float,
+        inbox: InboxSettings | None = None,
         pool_size: int = 8,
     ) -> None:
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl)
+        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
         self.dsn = dsn
         self.schema = schema
         self.where = f"postgres schema {schema!r}"
@@ -642,6 +724,57 @@ class PostgresStore(BaseStore):
         cursor = self._conn().execute("DELETE FROM tokens WHERE expires_at <= %s", (to_ms(now),))
         return cursor.rowcount
 
+    # ----------------------------------------------------------------- inbox primitives
+
+    def load_command(self, command_id: str) -> Command | None:
+        row = self._conn().execute(SELECT_COMMAND, (command_id,)).fetchone()
+        return None if row is None else decode_pg_command(row)
+
+    def save_command(self, command: Command) -> None:
+        self._local.dirty = True
+        self._conn().execute(UPSERT_COMMAND, encode_pg_command(command))
+
+    def next_command_seq(self) -> int:
+        row = self._conn().execute(NEXT_SEQ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+        where: list[str] = []
+        params: list[str] = []
+        if session_id is not None:
+            where.append("session_id = %s")
+            params.append(session_id)
+        if state is not None:
+            where.append("state = %s")
+            params.append(state)
+        query = f"SELECT {COMMAND_COLUMNS} FROM commands"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        rows = self._conn().execute(query + " ORDER BY seq", params).fetchall()
+        return [decode_pg_command(row) for row in rows]
+
+    def next_claimable(self, now: datetime) -> Command | None:
+        row = self._conn().execute(NEXT_CLAIMABLE, {"now": to_ms(now)}).fetchone()
+        return None if row is None else decode_pg_command(row)
+
+    def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
+        self._local.dirty = True
+        self._conn().execute(END_COMMANDS, (_to_bytes(error), to_ms(now), list(session_ids)))
+
+    def finished_command_ids(self, cutoff: datetime) -> list[str]:
+        rows = self._conn().execute(FINISHED_COMMANDS, (to_ms(cutoff),)).fetchall()
+        return [row[0] for row in rows]
+
+    def delete_commands(self, command_ids: list[str]) -> None:
+        if not command_ids:
+            return
+        self._local.dirty = True
+        conn = self._conn()
+        ids = list(command_ids)
+        conn.execute(KEEP_DELETED_SEQ, (ids,))
+        conn.execute("DELETE FROM commands WHERE command_id = ANY(%s)", (ids,))
+
     def data_version(self) -> object:
         # A counter every unit that wrote bumps as it commits (under the write lock, so it
         # never goes back). Read inside a unit, after the lock: every earlier commit counted.
@@ -669,5 +802,6 @@ def open_backend(config: StoreConfig, clock: Clock) -> PostgresStore:
         clock=clock,
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
+        inbox=config.inbox_settings,
         lock_timeout_s=config.lock_timeout_s,
     )

@@ -103,6 +103,9 @@ ALL_BACKENDS: dict[str, dict[str, Any]] = {
 USES_POSTGRES = frozenset(
     name for name, entry in ALL_BACKENDS.items() if "postgres" in entry["config"]
 )
+# The backends that keep all their data in files under data_dir: the tests of file modes,
+# damaged files and file-system faults run on these (a postgres store has no files to test).
+FILE_BACKENDS = sorted(name for name in ALL_BACKENDS if name not in USES_POSTGRES)
 # The backends that can run here (the postgres ones only with a server and the driver).
 BACKENDS: dict[str, dict[str, Any]] = {
     name: entry

@@ -344,6 +344,9 @@ def main() -> None:
             procs: run_hook_burst(procs, scratch / f"h-{procs}", bin_dir) for procs in (1, 8, 32)
         }
         print(json.dumps(bursts))
+        from inbox import run_inbox  # the command inbox, bench/inbox.py
+
+        inbox = run_inbox(scratch / "inbox", quick=args.quick)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.time() - started
@@ -365,6 +368,7 @@ def main() -> None:
         },
         "contention": {n: {str(p): v for p, v in by.items()} for n, by in contention.items()},
         "hook_burst": {str(p): v for p, v in bursts.items()},
+        "inbox": inbox,
         "hook_startup": {
             name: {"median_ms": median, "p90_ms": p90} for name, (median, p90) in startup.items()
         },
@@ -378,6 +382,10 @@ def main() -> None:
     from report import write_report
 
     write_report(results, Path(args.out))
+    from inbox import write_report as write_inbox_report
+
+    inbox_out = Path(args.out).with_name("inbox-benchmarks.md")
+    write_inbox_report(inbox, inbox_out, machine=results["machine"], command=results["command"])
     print(f"wrote {args.out} in {elapsed:.0f} s")
 
 

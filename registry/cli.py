@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Any, Final
 
     from registry.config import StoreConfig
-    from registry.models import Session, Token
+    from registry.models import Command, Session, Token
     from registry.protocols import Store
 
 EXIT_OK: Final = 0
@@ -38,7 +38,8 @@ PROG: Final = "ccr-registry"
 TOKEN_HELP: Final = 'the token value; put "--" before it if it starts with "-"'
 # The command words, for the early hook dispatch (the parser below defines each one).
 COMMANDS: Final = (
-    "hook", "sessions", "tokens", "cleanup", "migrate", "export", "verify", "doctor", "config"
+    "hook", "sessions", "tokens", "inbox", "cleanup", "migrate", "export", "verify", "doctor",
+    "config",
 )  # fmt: skip
 # A --ttl beyond this is a typing mistake, not a lifetime (and 1e300 s overflows timedelta).
 MAX_TTL_S: Final = 100 * 365 * 86400
@@ -277,6 +278,63 @@ def tokens_table(tokens: Sequence[Token], *, reveal: bool) -> str:
     return table(("TOKEN", "CHAT", "SCOPES", "CREATED (UTC)", "EXPIRES (UTC)"), rows)
 
 
+def command_to_json(command: Command) -> dict[str, Any]:
+    """A command as ``--json`` prints it: model field names, the payload as an object,
+    ISO-8601 timestamps (as :func:`session_to_json`)."""
+    from registry.models import iso
+
+    return {
+        "command_id": command.command_id,
+        "session_id": command.session_id,
+        "seq": command.seq,
+        "payload": command.payload.to_dict(),
+        "chat_id": command.chat_id,
+        "state": command.state,
+        "attempts": command.attempts,
+        "available_at": iso(command.available_at),
+        "lease_owner": command.lease_owner,
+        "lease_until": None if command.lease_until is None else iso(command.lease_until),
+        "last_error": command.last_error,
+        "created_at": iso(command.created_at),
+        "updated_at": iso(command.updated_at),
+    }
+
+
+def commands_table(commands: Sequence[Command]) -> str:
+    if not commands:
+        return "no commands"
+    rows = [
+        (
+            c.seq,
+            c.command_id,
+            c.session_id or "-",
+            c.state,
+            c.attempts,
+            short_time(c.available_at),
+            short_time(c.updated_at),
+            c.last_error,
+        )
+        for c in commands
+    ]
+    headers = (
+        "SEQ",
+        "COMMAND",
+        "SESSION",
+        "STATE",
+        "ATTEMPTS",
+        "AVAILABLE (UTC)",
+        "UPDATED (UTC)",
+        "LAST ERROR",
+    )
+    return table(headers, rows)
+
+
+def command_detail(command: Command) -> str:
+    data = command_to_json(command)
+    data["payload"] = json.dumps(data["payload"], ensure_ascii=False, separators=(",", ":"))
+    return table(("FIELD", "VALUE"), list(data.items()))
+
+
 def progress_reporter(
     label: str, *, clock: Callable[[], float] | None = None
 ) -> Callable[[int, int], None] | None:
@@ -345,6 +403,37 @@ def chat_id(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a chat id: {text!r}") from None
+
+
+JSON_TYPE_NAMES: Final = {
+    "list": "an array",
+    "str": "a string",
+    "int": "a number",
+    "float": "a number",
+    "bool": "a boolean",
+    "NoneType": "null",
+}
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """``--payload``: a JSON object (NaN and Infinity are refused: they are not JSON)."""
+    import argparse
+
+    def not_json(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(text, parse_constant=not_json)
+    except RecursionError:
+        raise argparse.ArgumentTypeError("not usable: nested too deeply") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        kind = JSON_TYPE_NAMES.get(type(value).__name__, type(value).__name__)
+        raise argparse.ArgumentTypeError(
+            f'must be a JSON object such as \'{{"text": "ls"}}\', got {kind}'
+        )
+    return value
 
 
 def detail(text: str) -> tuple[str, Any]:
@@ -510,23 +599,89 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- inbox
+
+
+def cmd_inbox_list(args: argparse.Namespace) -> int:
+    # No check that --session names a live session: commands outlive their session.
+    with open_configured(args, create=False) as store:
+        found = store.inbox.list_commands(session_id=args.session, state=args.state)
+    emit(args, [command_to_json(c) for c in found], lambda: commands_table(found))
+    return EXIT_OK
+
+
+def cmd_inbox_show(args: argparse.Namespace) -> int:
+    with open_configured(args, create=False) as store:
+        command = store.inbox.get(args.command_id)
+    if command is None:
+        raise CommandError(f"no command {args.command_id!r}", EXIT_NOT_FOUND)
+    # The same object as one element of `inbox list --json`.
+    emit(args, command_to_json(command), lambda: command_detail(command))
+    return EXIT_OK
+
+
+def cmd_inbox_enqueue(args: argparse.Namespace) -> int:
+    with open_configured(args) as store:
+        command, created = store.inbox.enqueue(
+            args.command_id,
+            args.payload,
+            session_id=args.session,
+            chat_id=args.chat_id,
+            delay=args.delay,
+        )
+
+    def human() -> str:
+        name = printable(command.command_id)
+        if created:
+            head = f"enqueued {name}"
+        else:
+            head = f"{name} was already there: nothing written (its payload is not compared)"
+        return f"{head}\n{command_detail(command)}"
+
+    # A known id is no error (enqueue is idempotent): exit 0 either way, "created" says which.
+    emit(args, {"created": created, "command": command_to_json(command)}, human)
+    return EXIT_OK
+
+
+def cmd_inbox_requeue(args: argparse.Namespace) -> int:
+    with open_configured(args) as store, store.atomic():
+        before = store.inbox.get(args.command_id)
+        command = store.inbox.requeue(args.command_id)
+    requeued = before is not None and before.state in ("done", "dead")
+
+    def human() -> str:
+        name = printable(command.command_id)
+        if requeued:
+            head = f"requeued {name}: ready, attempts 0"
+        else:
+            head = f"{name} is {command.state}: unchanged (only done and dead commands move)"
+        return f"{head}\n{command_detail(command)}"
+
+    emit(args, {"requeued": requeued, "command": command_to_json(command)}, human)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- maintenance
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    both = not args.dead and not args.expired
+    """Without a flag every cleanup runs, as the janitor runs them (SPEC 7)."""
+    every = not (args.dead or args.expired or args.inbox)
     # The same keys whatever the flags: a cleanup that was not asked for is null.
     result: dict[str, Any] = {
         "dead_sessions": None,
         "expired_sessions": None,
         "expired_tokens": None,
+        "inbox_commands": None,
     }
     with open_configured(args) as store:
-        if args.dead or both:
+        if args.dead or every:
             result["dead_sessions"] = store.sessions.cleanup_dead_sessions()
-        if args.expired or both:
+        if args.expired or every:
             result["expired_sessions"] = store.sessions.cleanup_expired_sessions()
             result["expired_tokens"] = store.tokens.cleanup_expired_tokens()
+        if args.inbox or every:
+            result["inbox_commands"] = store.inbox.cleanup_inbox()
 
     def human() -> str:
         lines = []
@@ -560,6 +715,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         "token_ttl": config.token_ttl,
         "lock_timeout_s": max(config.lock_timeout_s, 60),
         "progress": progress_reporter("import"),
+        "inbox_dir": config.inbox_dir,
     }
     if args.reimport and config.db_path.exists():
         report = reimport_json(config.data_dir, config.db_path, **options)
@@ -568,7 +724,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         report = import_json(config.data_dir, config.db_path, **options)
         status = "imported"
     else:
-        found = import_status(config.data_dir, config.db_path, lock_timeout_s=60)
+        found = import_status(
+            config.data_dir, config.db_path, lock_timeout_s=60, inbox_dir=config.inbox_dir
+        )
         if found.report is None:
             raise CommandError(
                 f"{config.db_path} exists and was not built by an import (it has no import "
@@ -595,13 +753,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if status == "unchanged":
             lines = [
                 f"{report.db_path} was imported at {report.imported_at}: "
-                f"{report.sessions_imported} sessions and {report.tokens_imported} tokens; "
+                f"{report.sessions_imported} sessions, {report.tokens_imported} tokens and "
+                f"{report.commands_imported} commands; "
                 "the legacy files are unchanged since (same checksums)",
             ]
         else:
             lines = [
-                f"{status} {report.sessions_imported} sessions and {report.tokens_imported} "
-                f"tokens into {report.db_path}",
+                f"{status} {report.sessions_imported} sessions, {report.tokens_imported} "
+                f"tokens and {report.commands_imported} commands into {report.db_path}",
             ]
         if report.backup:
             lines.append(f"the database it replaced is kept as {report.backup}")
@@ -742,6 +901,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
             source = "default"
         if key == "sqlite_path" and value is None:
             value, source = config.db_path, f"{source} (data_dir/ccr.db)"
+        if key == "legacy_inbox_dir" and value is None:
+            # What the import reads (StoreConfig.inbox_dir): $CCR_DATA_DIR, else ~/.ccr.
+            fallback = f"${ENV_DATA_DIR}" if os.environ.get(ENV_DATA_DIR) else "~/.ccr"
+            value, source = config.inbox_dir, f"{source} ({fallback})"
         rows.append((key, value, source))
     for key in DUAL_KEYS:
         explicit = f"dual.{key}" in config.explicit
@@ -776,7 +939,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
 
     from registry.defaults import BACKEND_NAMES
     from registry.hook import EVENTS
-    from registry.validation import STATES, TRANSPORT_KINDS
+    from registry.validation import COMMAND_STATES, STATES, TRANSPORT_KINDS
 
     class Parser(argparse.ArgumentParser):
         """argparse with "did you mean ...?" for a mistyped choice, and JSON errors."""
@@ -923,9 +1086,73 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     tlist.add_argument("--show-tokens", action="store_true", help="print the values too")
     tlist.set_defaults(func=cmd_tokens_list)
 
-    cleanup = commands.add_parser("cleanup", parents=[output], help="remove dead/expired")
+    inbox = commands.add_parser("inbox", help="list, show, enqueue and requeue inbox commands")
+    sub = inbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ilist = sub.add_parser(
+        "list", parents=[output], help="list commands, oldest (lowest seq) first"
+    )
+    ilist.add_argument("--state", choices=COMMAND_STATES, help="only commands in this state")
+    ilist.add_argument(
+        "--session", metavar="ID", help="only commands of this session (removed ones too)"
+    )
+    ilist.set_defaults(func=cmd_inbox_list)
+    ishow = sub.add_parser("show", parents=[output], help="show one command")
+    ishow.add_argument("command_id", help="the command id")
+    ishow.set_defaults(func=cmd_inbox_show)
+    enqueue = sub.add_parser(
+        "enqueue",
+        parents=[output],
+        help="add a ready command (idempotent: a known id writes nothing)",
+        description="Store a new ready command, or show the one already stored under that id "
+        "(nothing is written then, and its payload is not compared). Exit 0 either way.",
+    )
+    enqueue.add_argument("command_id", help="the command id (a known one writes nothing)")
+    enqueue.add_argument(
+        "--session",
+        required=True,
+        metavar="ID",
+        help="the session whose terminal it is typed into (must exist)",
+    )
+    enqueue.add_argument(
+        "--payload",
+        required=True,
+        type=json_object,
+        metavar="JSON",
+        help='the command, a JSON object such as \'{"text": "ls"}\'',
+    )
+    enqueue.add_argument(
+        "--chat-id", type=chat_id, metavar="N", help="the Telegram chat it came from"
+    )
+    enqueue.add_argument(
+        "--delay",
+        type=duration,
+        metavar="SECONDS",
+        help="how long before it may be claimed: seconds, or 30s, 5m, 1h (default: 0)",
+    )
+    enqueue.set_defaults(func=cmd_inbox_enqueue)
+    requeue = sub.add_parser(
+        "requeue",
+        parents=[output],
+        help="make a done or dead command ready again, attempts 0 (its last error is kept)",
+    )
+    requeue.add_argument("command_id", help="the command id")
+    requeue.set_defaults(func=cmd_inbox_requeue)
+
+    cleanup = commands.add_parser(
+        "cleanup",
+        parents=[output],
+        help="remove dead/expired sessions, expired tokens, old inbox commands",
+        description="Without a flag, every cleanup runs, as the janitor runs them: dead "
+        "sessions, expired sessions and tokens, and inbox commands done or dead for longer "
+        "than inbox_retention_hours. A flag runs only the cleanups it names.",
+    )
     cleanup.add_argument("--dead", action="store_true", help="sessions whose process is gone")
     cleanup.add_argument("--expired", action="store_true", help="expired sessions and tokens")
+    cleanup.add_argument(
+        "--inbox",
+        action="store_true",
+        help="inbox commands done or dead for longer than inbox_retention_hours",
+    )
     cleanup.set_defaults(func=cmd_cleanup)
 
     migrate = commands.add_parser("migrate", parents=[output], help="import the legacy JSON")
@@ -980,6 +1207,7 @@ def run_command(arguments: list[str]) -> int:
         return hook_main(arguments)
     func: Callable[[argparse.Namespace], int] = args.func
     from registry.errors import (
+        CommandNotFound,
         ConfigError,
         RegistryError,
         SessionNotFound,
@@ -991,7 +1219,7 @@ def run_command(arguments: list[str]) -> int:
         return func(args)
     except CommandError as exc:
         return fail(args, str(exc), exc.code)
-    except (SessionNotFound, TokenInvalid) as exc:
+    except (SessionNotFound, TokenInvalid, CommandNotFound) as exc:
         return fail(args, str(exc), EXIT_NOT_FOUND)
     except (ValidationError, ConfigError) as exc:
         return fail(args, str(exc), EXIT_USAGE)

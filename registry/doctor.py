@@ -1,4 +1,9 @@
-"""Health checks behind ``ccr-registry doctor``: integrity, schema, modes, locks, filesystems."""
+"""Health checks behind ``ccr-registry doctor``: integrity, schema, modes, locks, filesystems.
+
+The command inbox is covered on every side: the database's command rows (through the model's
+validators, counted by state, dead ones named), the json backend's ``ccr-inbox.json`` and the
+legacy machine agent's ``inbox-<machine>.db`` files that an import would read.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from typing import Final
 import attrs
 import filelock
 
-from registry.backends.json_file import LOCK_FILE, SESSIONS_FILE, TOKENS_FILE
+from registry.backends.json_file import INBOX_FILE, LOCK_FILE, SESSIONS_FILE, TOKENS_FILE
 from registry.config import StoreConfig
+from registry.models import Command
 
 __all__ = ["Check", "run_checks"]
 
@@ -57,6 +63,8 @@ def run_checks(config: StoreConfig, *, config_error: str | None = None) -> list[
         ("data dir", lambda: _mode_check("data dir", data_dir, 0o700)),
         ("filesystem", lambda: _filesystem_check(data_dir)),
         ("legacy files", lambda: _legacy_checks(data_dir)),
+        ("json inbox", lambda: _json_inbox_check(data_dir)),
+        ("legacy inbox", lambda: _legacy_inbox_check(config)),
         ("database", lambda: _database_checks(config.db_path)),
         ("json lock", lambda: _json_lock_check(data_dir)),
     ]
@@ -195,6 +203,7 @@ def _database_checks(db_path: Path) -> list[Check]:
         else:
             checks.append(Check("integrity", "fail", "; ".join(problems[:5])))
         checks.append(_records_check(conn))
+        checks.append(_commands_check(conn))
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         checks.append(Check("journal mode", "ok" if mode == "wal" else "warn", mode))
     except sqlite3.DatabaseError as exc:
@@ -227,6 +236,93 @@ def _records_check(conn: sqlite3.Connection) -> Check:
     if bad:
         return Check("records", "fail", f"{len(bad)} invalid: " + "; ".join(bad[:3]))
     return Check("records", "ok", f"{count} records valid")
+
+
+def _inbox_summary(name: str, commands: list[Command], bad: list[str]) -> Check:
+    """Counts by state; dead commands named (they wait for a person: ``inbox requeue``)."""
+    from registry.validation import COMMAND_STATES
+
+    counts = dict.fromkeys(COMMAND_STATES, 0)
+    for command in commands:
+        counts[command.state] += 1
+    detail = ", ".join(f"{count} {state}" for state, count in counts.items())
+    if bad:
+        return Check(name, "fail", f"{len(bad)} invalid: " + "; ".join(bad[:3]) + f"; {detail}")
+    dead = [c for c in commands if c.state == "dead"]
+    if dead:
+        shown = "; ".join(f"{c.command_id!r} ({c.last_error})" for c in dead[:3])
+        more = f" and {len(dead) - 3} more" if len(dead) > 3 else ""
+        return Check(name, "warn", f"{detail}; dead: {shown}{more} (`inbox requeue` retries one)")
+    return Check(name, "ok", detail)
+
+
+def _commands_check(conn: sqlite3.Connection) -> Check:
+    """Every command row through the model's validators, counted by state."""
+    from registry.backends.sqlite_sql import COMMAND_COLUMNS, COMMAND_FIELDS, decode_checked
+    from registry.errors import ValidationError
+
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'commands'"
+    ).fetchone()
+    if found is None:
+        return Check("commands", "info", "no commands table (an older schema; opening adds it)")
+    key = COMMAND_FIELDS.index("command_id")
+    commands: list[Command] = []
+    bad: list[str] = []
+    for row in conn.execute(f"SELECT {COMMAND_COLUMNS} FROM commands ORDER BY seq"):
+        try:
+            command = decode_checked("command", row)
+        except (ValidationError, ValueError, TypeError) as exc:
+            bad.append(f"command {row[key]!r}: {exc}")
+            continue
+        assert isinstance(command, Command)
+        commands.append(command)
+    return _inbox_summary("commands", commands, bad)
+
+
+def _json_inbox_check(data_dir: Path) -> list[Check]:
+    """The json backend's inbox file: absent, or readable as a whole (else every read fails)."""
+    from registry.backends.json_file import parse_inbox
+    from registry.errors import RegistryError
+
+    path = data_dir / INBOX_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return [Check(INBOX_FILE, "info", "absent")]
+    except OSError as exc:
+        return [Check(INBOX_FILE, "fail", f"cannot read: {exc.strerror or exc}")]
+    checks = [_mode_check(f"{INBOX_FILE} mode", path, 0o600)]
+    try:
+        commands = list(parse_inbox(path, raw).records.values())
+    except RegistryError as exc:
+        return [*checks, Check(INBOX_FILE, "fail", str(exc))]
+    return [*checks, _inbox_summary(INBOX_FILE, commands, [])]
+
+
+def _legacy_inbox_check(config: StoreConfig) -> Check:
+    """The legacy machine agent's inbox databases an import would read (SPEC 6)."""
+    from registry.migrate import legacy_inbox_files
+
+    files = legacy_inbox_files(config.inbox_dir, config.data_dir)
+    if not files:
+        where = {str(config.inbox_dir): None, str(config.data_dir): None}
+        return Check("legacy inbox", "info", f"no inbox-*.db in {' or '.join(where)}")
+    pending = [
+        side.name
+        for path in files
+        for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-journal"))
+        if side.is_file() and side.stat().st_size > 0
+    ]
+    names = ", ".join(str(path) for path in files)
+    if pending:
+        return Check(
+            "legacy inbox",
+            "warn",
+            f"{names}; {', '.join(pending)} not folded in: the machine agent is running or "
+            "stopped part-way, and an import refuses the file",
+        )
+    return Check("legacy inbox", "info", f"{names} (read by an import)")
 
 
 def _database_lock_check(db_path: Path) -> Check:

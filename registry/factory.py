@@ -53,6 +53,7 @@ def _open_sqlite(config: StoreConfig, clock: Clock) -> BaseStore:
             import_on_first_start(
                 config.data_dir,
                 config.db_path,
+                inbox_dir=config.inbox_dir,
                 session_ttl=config.session_ttl,
                 token_ttl=config.token_ttl,
                 lock_timeout_s=max(config.lock_timeout_s, 60),

@@ -1,11 +1,13 @@
 """Import the legacy JSON files into SQLite, export back, and diff two stores (SPEC 6).
 
-The import validates and normalises every record; a bad or orphaned record is skipped and
-reported, never fatal, while a file that cannot be read at all is fatal (:class:`MigrationError`
-naming the file). The database is built under a temporary name in its final directory and linked
-into place only when complete, so a crash part-way leaves nothing that blocks a clean retry. A
-lock file around the import makes concurrent first starts import exactly once. The JSON files
-are only read, under the json backend's own lock, so a json writer's unit is seen whole.
+The import reads the legacy daemon's two JSON files and the legacy machine agent's inbox
+databases (``inbox-<machine>.db``, see :func:`read_legacy_inbox`). It validates and
+normalises every record; a bad or orphaned record is skipped and reported, never fatal, while
+a file that cannot be read at all is fatal (:class:`MigrationError` naming the file). The
+database is built under a temporary name in its final directory and linked into place only
+when complete, so a crash part-way leaves nothing that blocks a clean retry. A lock file around
+the import makes concurrent first starts import exactly once. The JSON files are only read,
+under the json backend's own lock, so a json writer's unit is seen whole.
 
 Once a database exists (often built by the first-start import), :func:`import_status` compares
 its stored report with the legacy files as they are now, and :func:`reimport_json` builds a new
@@ -17,8 +19,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +35,12 @@ import filelock
 from registry.backends.json_file import LOCK_FILE, SESSIONS_FILE, TOKENS_FILE, recover_journal
 from registry.errors import MigrationError, RegistryError, ValidationError
 from registry.models import (
+    Command,
     Session,
     Token,
+    changed_command,
     differing_fields,
+    from_ms,
     parse_json_object,
     session_from_legacy,
     shown_legacy_key,
@@ -43,6 +51,7 @@ from registry.models import (
 )
 from registry.paths import FILE_MODE, ensure_private_dir, fsync_dir
 from registry.protocols import Store
+from registry.validation import check_key
 
 __all__ = [
     "Difference",
@@ -56,6 +65,8 @@ __all__ = [
     "import_on_first_start",
     "import_status",
     "legacy_files_present",
+    "legacy_inbox_files",
+    "read_legacy_inbox",
     "reimport_json",
 ]
 
@@ -73,7 +84,7 @@ _PROGRESS_STEP: Final = 1000
 class SkippedRecord:
     """A legacy record the import left out, and why. A token's key is a short hash."""
 
-    kind: str  # "session" or "token"
+    kind: str  # "session", "token" or "command"
     key: str
     reason: str
 
@@ -84,8 +95,11 @@ class MigrationReport:
 
     sessions_imported: int
     tokens_imported: int
+    # Commands of the legacy inbox databases; 0 in a report stored before the inbox existed.
+    commands_imported: int = 0
     skipped: list[SkippedRecord]
-    sources: dict[str, dict[str, Any]]  # file name -> {"sha256", "bytes"}
+    # A JSON file by its name, an inbox database by its absolute path -> {"sha256", "bytes"}
+    sources: dict[str, dict[str, Any]]
     db_path: str
     imported_at: str
     backup: str | None = None  # where a re-import moved the database it replaced
@@ -104,8 +118,8 @@ class MigrationReport:
 class Difference:
     """One way two stores differ: a record on one side only, or one field of a shared record."""
 
-    kind: str  # "session" or "token"
-    key: str  # a session id, or a token's short hash
+    kind: str  # "session", "token" or "command"
+    key: str  # a session id, a token's short hash, or a command id
     field: str | None  # None when the record exists on one side only
     a: Any
     b: Any
@@ -151,12 +165,19 @@ def _utcnow() -> datetime:
 # --------------------------------------------------------------------------- reading legacy files
 
 
-def legacy_files_present(json_dir: Path) -> bool:
-    """True if ``json_dir`` holds either legacy file."""
-    return (json_dir / SESSIONS_FILE).is_file() or (json_dir / TOKENS_FILE).is_file()
+def legacy_files_present(json_dir: Path, inbox_dir: Path | None = None) -> bool:
+    """True if ``json_dir`` holds either legacy JSON file, or it or ``inbox_dir`` a legacy inbox.
+
+    Without ``inbox_dir`` only the JSON files count.
+    """
+    if (json_dir / SESSIONS_FILE).is_file() or (json_dir / TOKENS_FILE).is_file():
+        return True
+    return inbox_dir is not None and bool(legacy_inbox_files(inbox_dir, json_dir))
 
 
-def _read_sources(json_dir: Path, lock_timeout_s: float) -> dict[str, bytes]:
+def _read_sources(
+    json_dir: Path, lock_timeout_s: float, *, required: bool = True
+) -> dict[str, bytes]:
     """The legacy files' bytes, read under the json backend's lock (as export writes them).
 
     A json store's unit replaces both files one after the other; without its lock an import
@@ -167,6 +188,8 @@ def _read_sources(json_dir: Path, lock_timeout_s: float) -> dict[str, bytes]:
     """
 
     if not legacy_files_present(json_dir):
+        if not required:
+            return {}
         raise MigrationError(f"{json_dir}: neither {SESSIONS_FILE} nor {TOKENS_FILE} exists")
     lock_path = json_dir / LOCK_FILE
     if not lock_path.exists():
@@ -236,14 +259,17 @@ def read_legacy(
     token_ttl: timedelta = DEFAULT_TTL,
     lock_timeout_s: float = 60,
     progress: Progress | None = None,
+    required: bool = True,
 ) -> tuple[list[Session], list[Token], list[SkippedRecord], dict[str, dict[str, Any]]]:
     """Every valid record of the legacy files in ``json_dir``, what was skipped, and checksums.
 
-    A record is read whatever its size (the legacy daemon's records are accepted as they are);
-    one that cannot be understood, holds text that is not valid Unicode, or is a token whose
-    session is missing is skipped with the reason.
+    With ``required`` false, a directory without either file reads as empty instead of raising
+    (an import of legacy inbox databases alone). A record is read whatever its size (the
+    legacy daemon's records are accepted as they are); one that cannot be understood, holds
+    text that is not valid Unicode, or is a token whose session is missing is skipped with
+    the reason.
     """
-    files = _read_sources(json_dir, lock_timeout_s)
+    files = _read_sources(json_dir, lock_timeout_s, required=required)
     sources = _checksums(files)
     sessions_doc = _parse_source(json_dir / SESSIONS_FILE, files.get(SESSIONS_FILE))
     tokens_doc = _parse_source(json_dir / TOKENS_FILE, files.get(TOKENS_FILE))
@@ -283,6 +309,218 @@ def read_legacy(
     return list(sessions.values()), tokens, skipped, sources
 
 
+# --------------------------------------------------------------------------- the legacy inbox
+
+INBOX_GLOB: Final = "inbox-*.db"
+_INBOX_QUERY: Final = "SELECT command_id, received_at, payload, status, updated_at FROM inbox"
+_INBOX_STATES: Final = {"received": "ready", "done": "done"}
+_NUMERIC: Final = re.compile(r"-?[0-9]+")
+_INT64: Final = (-(2**63), 2**63 - 1)
+
+
+def legacy_inbox_files(*directories: Path | None) -> list[Path]:
+    """The legacy machine agent's inbox databases (``inbox-<machine>.db``), in import order.
+
+    Directory by directory in the order given (one named twice, under any spelling, is read
+    once), each directory's files by name. Paths are resolved (absolute, no ``..``, no links),
+    so that the report names a file the same way whichever spelling the config used. A missing
+    directory holds none.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for directory in directories:
+        if directory is None:
+            continue
+        try:
+            where = Path(directory).expanduser().resolve()
+        except OSError as exc:
+            raise MigrationError(f"{directory}: cannot resolve: {exc.strerror or exc}") from exc
+        if where in seen:
+            continue
+        seen.add(where)
+        try:
+            found.extend(sorted(p for p in where.glob(INBOX_GLOB) if p.is_file()))
+        except OSError as exc:
+            raise MigrationError(f"{where}: cannot list: {exc.strerror or exc}") from exc
+    return found
+
+
+def _read_inbox_file(path: Path) -> tuple[bytes, list[tuple[Any, ...]]]:
+    """The bytes of one legacy inbox database and its rows; the file is left as it was.
+
+    It is opened read-only and ``immutable``: SQLite then takes no lock and creates nothing
+    beside it (``mode=ro`` alone leaves a ``-wal`` and a ``-shm`` beside a database in WAL
+    mode). An immutable database is read without its ``-wal`` or ``-journal``, so changes
+    still in one of those would be missed silently: such a file is refused instead. Text is
+    read as bytes, so that one row that is not UTF-8 is skipped, not fatal.
+    :raises MigrationError: naming the file, if it cannot be read or has no ``inbox`` table.
+    """
+    for suffix in ("-wal", "-journal"):
+        side = path.with_name(path.name + suffix)
+        try:
+            pending = side.stat().st_size > 0
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise MigrationError(f"{side}: cannot read: {exc.strerror or exc}") from exc
+        if pending:
+            raise MigrationError(
+                f"{side} exists: {path.name} has changes that are not in its main file yet "
+                "(the legacy machine agent is running, or stopped part-way); stop the agent, "
+                f"or open {path.name} once with sqlite3 to fold them in, then import again; "
+                "nothing imported"
+            )
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MigrationError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        conn = sqlite3.connect(path.as_uri() + "?mode=ro&immutable=1", uri=True)
+        try:
+            conn.text_factory = bytes
+            rows = conn.execute(_INBOX_QUERY).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise MigrationError(
+            f"{path}: not a legacy inbox database ({exc}); nothing imported"
+        ) from exc
+    return raw, rows
+
+
+def _inbox_text(name: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(f"{name} is not UTF-8 text") from exc
+    raise ValidationError(f"{name} is not text, got {type(value).__name__}")
+
+
+def _inbox_time(name: str, value: object) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return from_ms(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return from_ms(math.floor(value))
+    raise ValidationError(f"{name} {_shown_value(value)} is not epoch milliseconds")
+
+
+def _shown_value(value: object) -> str:
+    if isinstance(value, bytes):
+        return repr(value.decode("utf-8", "backslashreplace"))
+    return repr(value)
+
+
+def _inbox_chat_id(value: object) -> int | None:
+    """The payload's ``chatId``: an int, or a numeric string made one; anything else None."""
+    if isinstance(value, str) and _NUMERIC.fullmatch(value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and _INT64[0] <= value <= _INT64[1]:
+        return value
+    return None
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _inbox_command(command_id: str, row: tuple[Any, ...], session_ids: set[str]) -> Command:
+    """One row of a legacy inbox as a command (seq 0: numbered once all rows are sorted).
+
+    :raises ValidationError: saying why the row cannot be imported.
+    """
+    _, received_raw, payload_raw, status_raw, updated_raw = row
+    received_at = _inbox_time("received_at", received_raw)
+    updated_at = _inbox_time("updated_at", updated_raw)
+    # Each timestamp falls back to the other, never to "now".
+    created = received_at if received_at is not None else updated_at
+    updated = updated_at if updated_at is not None else received_at
+    if created is None or updated is None:
+        raise ValidationError("neither received_at nor updated_at is set")
+    status = _inbox_text("status", status_raw)
+    state = _INBOX_STATES.get(status or "")
+    if state is None:
+        raise ValidationError(f"status {status!r} is neither 'received' nor 'done'")
+    text = _inbox_text("payload", payload_raw)
+    if text is None:
+        raise ValidationError("payload is missing")
+    try:
+        payload = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValidationError("payload is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise ValidationError(f"payload is {_json_kind(payload)}, not a JSON object")
+    session_id = payload.get("sessionId")
+    return Command(
+        command_id=command_id,
+        # A session the import does not hold leaves the command without one (SPEC 6).
+        session_id=session_id
+        if isinstance(session_id, str) and session_id in session_ids
+        else None,
+        seq=0,
+        payload=payload,
+        chat_id=_inbox_chat_id(payload.get("chatId")),
+        state=state,
+        attempts=0,
+        available_at=created,
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+def read_legacy_inbox(
+    files: Iterable[Path], session_ids: Iterable[str]
+) -> tuple[list[Command], list[SkippedRecord], dict[str, dict[str, Any]]]:
+    """The commands of legacy inbox databases, what was skipped, and checksums by path.
+
+    Rules (SPEC 6): ``received`` becomes ``ready`` and ``done`` stays ``done``; commands are
+    ordered by ``received_at``, then ``command_id``, and numbered ``seq`` 1, 2, ... in that
+    order; ``session_id`` is the payload's ``sessionId`` when ``session_ids`` holds it (else
+    None), ``chat_id`` its ``chatId`` (a numeric string made an int, anything else None);
+    ``created_at`` is ``received_at`` and ``updated_at`` is ``updated_at``, each the other when
+    missing; ``attempts`` 0. A row that cannot be imported (a payload that is not a JSON object,
+    an unknown status, no timestamp, an id that is not a valid key) is skipped with its reason;
+    so is a command id already read from an earlier file (the first one is kept).
+    :raises MigrationError: for a file that cannot be read (see :func:`_read_inbox_file`).
+    """
+    known = set(session_ids)
+    sources: dict[str, dict[str, Any]] = {}
+    skipped: list[SkippedRecord] = []
+    first_file: dict[str, Path] = {}
+    commands: list[Command] = []
+    for path in files:
+        raw, rows = _read_inbox_file(path)
+        sources[str(path)] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+        for row in rows:
+            shown = _shown_value(row[0])[1:-1] if isinstance(row[0], bytes) else str(row[0])
+            try:
+                command_id = _inbox_text("command_id", row[0])
+                if command_id is None:
+                    raise ValidationError("command_id is missing")
+                check_key("command_id", command_id)
+            except ValidationError as exc:
+                skipped.append(SkippedRecord(kind="command", key=shown, reason=f"{path}: {exc}"))
+                continue
+            if command_id in first_file:
+                reason = f"{path}: the same command id is in {first_file[command_id]}, kept"
+                skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
+                continue
+            first_file[command_id] = path
+            try:
+                commands.append(_inbox_command(command_id, row, known))
+            except ValidationError as exc:
+                reason = f"{path}: {exc}"
+                skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
+    commands.sort(key=lambda c: (c.created_at, c.command_id))
+    numbered = [changed_command(c, seq=seq) for seq, c in enumerate(commands, 1)]
+    return numbered, skipped, sources
+
+
 # --------------------------------------------------------------------------- import
 
 
@@ -300,9 +538,12 @@ def import_json(
     token_ttl: timedelta = DEFAULT_TTL,
     lock_timeout_s: float = 60,
     progress: Progress | None = None,
+    inbox_dir: str | os.PathLike[str] | None = None,
 ) -> MigrationReport:
     """Build a new sqlite database at ``db_path`` from the legacy files in ``json_dir``.
 
+    The legacy inbox databases (``inbox-<machine>.db``) in ``inbox_dir`` and in ``json_dir``
+    are imported with them (:func:`read_legacy_inbox`); they alone are enough for an import.
     ``progress(done, total)`` is called as records are read, and once with ``done == total``
     when the database is in place.
     :raises MigrationError: if ``db_path`` already exists (see :func:`import_status` and
@@ -310,6 +551,7 @@ def import_json(
         database is created then.
     """
     json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
+    inbox = None if inbox_dir is None else Path(inbox_dir).expanduser()
     ensure_private_dir(db_path.parent)
     try:
         with _lock(db_path, lock_timeout_s):
@@ -318,6 +560,7 @@ def import_json(
             report, build = _build(
                 json_dir,
                 db_path,
+                inbox_dir=inbox,
                 session_ttl=session_ttl,
                 token_ttl=token_ttl,
                 lock_timeout_s=lock_timeout_s,
@@ -337,13 +580,15 @@ def import_on_first_start(
     session_ttl: timedelta,
     token_ttl: timedelta,
     lock_timeout_s: float,
+    inbox_dir: Path | None = None,
 ) -> MigrationReport | None:
     """Import if the database does not exist yet and legacy files do; else do nothing.
 
-    Of several processes starting at once, one imports and the others wait for the lock and
-    then find the finished database.
+    A legacy inbox database in ``inbox_dir`` or ``json_dir`` counts as a legacy file: it alone
+    starts the import (SPEC 6). Of several processes starting at once, one imports and the
+    others wait for the lock and then find the finished database.
     """
-    if db_path.exists() or not legacy_files_present(json_dir):
+    if db_path.exists() or not legacy_files_present(json_dir, inbox_dir):
         return None
     ensure_private_dir(db_path.parent)
     try:
@@ -353,6 +598,7 @@ def import_on_first_start(
             report, build = _build(
                 json_dir,
                 db_path,
+                inbox_dir=inbox_dir,
                 session_ttl=session_ttl,
                 token_ttl=token_ttl,
                 lock_timeout_s=lock_timeout_s,
@@ -366,7 +612,12 @@ def import_on_first_start(
 def _finish(progress: Progress | None, report: MigrationReport) -> None:
     if progress is not None:
         # Every record read was either imported or skipped: the total read_legacy counted.
-        done = report.sessions_imported + report.tokens_imported + len(report.skipped)
+        done = (
+            report.sessions_imported
+            + report.tokens_imported
+            + report.commands_imported
+            + len(report.skipped)
+        )
         progress(done, done)
 
 
@@ -374,6 +625,7 @@ def _build(
     json_dir: Path,
     db_path: Path,
     *,
+    inbox_dir: Path | None,
     session_ttl: timedelta,
     token_ttl: timedelta,
     lock_timeout_s: float,
@@ -386,18 +638,30 @@ def _build(
 
     if backup is None:
         refuse_orphan_wal(db_path)
+    inbox_files = legacy_inbox_files(inbox_dir, json_dir)
+    if not inbox_files and not legacy_files_present(json_dir):
+        where = json_dir if inbox_dir is None else f"{json_dir} or {inbox_dir}"
+        raise MigrationError(
+            f"{json_dir}: neither {SESSIONS_FILE} nor {TOKENS_FILE} exists, and no "
+            f"{INBOX_GLOB} in {where}"
+        )
     sessions, tokens, skipped, sources = read_legacy(
         json_dir,
         session_ttl=session_ttl,
         token_ttl=token_ttl,
         lock_timeout_s=lock_timeout_s,
         progress=progress,
+        required=False,
+    )
+    commands, command_skips, inbox_sources = read_legacy_inbox(
+        inbox_files, (s.session_id for s in sessions)
     )
     report = MigrationReport(
         sessions_imported=len(sessions),
         tokens_imported=len(tokens),
-        skipped=skipped,
-        sources=sources,
+        commands_imported=len(commands),
+        skipped=[*skipped, *command_skips],
+        sources={**sources, **inbox_sources},
         db_path=str(db_path),
         # ISO-8601 UTC with a Z, as every timestamp the CLI prints.
         imported_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -414,7 +678,9 @@ def _build(
             lock_timeout_s=60,
         )
         try:
-            store.load(sessions, tokens, {REPORT_KEY: json.dumps(report.to_dict())})
+            store.load(
+                sessions, tokens, {REPORT_KEY: json.dumps(report.to_dict())}, commands=commands
+            )
             store.checkpoint()
         finally:
             store.close()  # the last connection removes the (empty) WAL
@@ -489,15 +755,25 @@ def import_status(
     db_path: str | os.PathLike[str],
     *,
     lock_timeout_s: float = 60,
+    inbox_dir: str | os.PathLike[str] | None = None,
 ) -> ImportStatus:
     """What the import that built ``db_path`` read, and whether the legacy files changed since.
 
+    The legacy inbox databases in ``inbox_dir`` and ``json_dir`` count as legacy files (by
+    path), as the import reads them.
     :raises MigrationError: if there is no database at ``db_path`` or the files cannot be read.
     """
     json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
+    inbox = None if inbox_dir is None else Path(inbox_dir).expanduser()
     report = stored_report(db_path)
     files = _read_sources(json_dir, lock_timeout_s) if legacy_files_present(json_dir) else {}
     current = _checksums(files)
+    for path in legacy_inbox_files(inbox, json_dir):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise MigrationError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        current[str(path)] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
     before = {} if report is None else report.sources
     changed = sorted(
         name
@@ -515,8 +791,13 @@ def reimport_json(
     token_ttl: timedelta = DEFAULT_TTL,
     lock_timeout_s: float = 60,
     progress: Progress | None = None,
+    inbox_dir: str | os.PathLike[str] | None = None,
 ) -> MigrationReport:
     """Import the legacy files again over an existing database, keeping it as a backup.
+
+    The legacy inbox databases are read as :func:`import_json` reads them. Commands the old
+    database holds that no legacy file has (enqueued since the import) are not carried over:
+    the backup keeps them.
 
     The old database is checkpointed (so its file holds everything) and kept under
     ``<db name>.backup-<UTC time>`` beside it; the report names it (``backup``). Safe against a
@@ -529,6 +810,7 @@ def reimport_json(
         cannot be read; the database is untouched then.
     """
     json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
+    inbox = None if inbox_dir is None else Path(inbox_dir).expanduser()
     try:
         with _lock(db_path, lock_timeout_s):
             if not db_path.is_file():
@@ -538,6 +820,7 @@ def reimport_json(
             report, build = _build(
                 json_dir,
                 db_path,
+                inbox_dir=inbox,
                 session_ttl=session_ttl,
                 token_ttl=token_ttl,
                 lock_timeout_s=lock_timeout_s,
@@ -688,9 +971,12 @@ def export_json(
     one all-or-nothing unit, under the json backend's lock, so a json store using ``out_dir``
     never sees half an export. Tokens are written in full: the legacy format needs them.
     A live agent's ``start_time`` first becomes the one the legacy daemon expects
-    (:func:`_legacy_start_times`). Records in ``out_dir``'s files that cannot be understood are
-    kept (see :meth:`JsonStore.replace_contents`). Whatever the database holds is written: a record
-    beyond our API's limits as it is, and text that UTF-8 cannot encode as a JSON escape.
+    (:func:`_legacy_start_times`). No inbox is written: neither ``ccr-inbox.json`` nor a
+    legacy ``inbox-<machine>.db`` (the legacy machine agent kept its inbox in its own SQLite
+    file, which this never writes); the database's commands stay in the database. Records in
+    ``out_dir``'s files that cannot be understood are kept (see
+    :meth:`JsonStore.replace_contents`). Whatever the database holds is written: a record beyond
+    our API's limits as it is, and text that UTF-8 cannot encode as a JSON escape.
     ``progress(done, total)`` counts the records read, then written.
     :raises MigrationError: if the database does not exist.
     """
@@ -729,38 +1015,44 @@ def _all_tokens(store: Store, sessions: Iterable[Session]) -> list[Token]:
     return [t for s in sessions for t in store.tokens.tokens_for_session(s.session_id)]
 
 
-def _records(store: Store) -> tuple[list[Session], list[Token]]:
-    """Every session and token of a store, read as one consistent unit.
+def _records(store: Store) -> tuple[list[Session], list[Token], list[Command]]:
+    """Every session, token and command of a store; sessions and tokens as one consistent unit.
 
     A store with ``snapshot()`` (sqlite: two SELECTs in one read transaction; json: both files
     under the lock) reads everything at once. Any other store (dual) lists its sessions and
     each one's tokens inside one ``atomic()`` unit: one read of the files, but a token lookup
     per session, which on json scans every token (quadratic: 51 s for ``verify`` at 100,000
-    sessions before json had ``snapshot()``).
+    sessions before json had ``snapshot()``). The commands are one more read, after that unit:
+    no command refers to a token, and one that names a session is compared by its id, so
+    reading them apart can only show a change made meanwhile, as the two stores are read one
+    after the other anyway.
     """
     snapshot = getattr(store, "snapshot", None)
     if callable(snapshot):
         sessions, tokens = snapshot()
-        return list(sessions), list(tokens)
+        return list(sessions), list(tokens), store.inbox.list_commands()
     with store.atomic():
         sessions = store.sessions.list_sessions()
-        return sessions, _all_tokens(store, sessions)
+        return sessions, _all_tokens(store, sessions), store.inbox.list_commands()
 
 
 def diff_stores(
     a: Store, b: Store, *, progress: Callable[[int, int], None] | None = None
 ) -> list[Difference]:
-    """Every session and token that differs between two stores, field by field.
+    """Every session, token and command that differs between two stores, field by field.
 
-    Empty when both hold the same records. Sessions come first, by id, then tokens by hash.
+    Empty when both hold the same records. Sessions come first, by id, then tokens by hash,
+    then commands by ``command_id`` (every field, ``seq`` and the lease included).
     Each side is read once and sorted by key, and the two ordered streams are walked side by
     side; a record is compared field by field only when the two are not equal. ``progress``
     is called with ``(records compared, records in all)``.
     :raises RegistryError: if either store cannot be read.
     """
-    sessions_a, tokens_a = _records(a)
-    sessions_b, tokens_b = _records(b)
-    counter = _Progress(progress, len(sessions_a) + len(sessions_b) + len(tokens_a) + len(tokens_b))
+    sessions_a, tokens_a, commands_a = _records(a)
+    sessions_b, tokens_b, commands_b = _records(b)
+    total = len(sessions_a) + len(sessions_b) + len(tokens_a) + len(tokens_b)
+    total += len(commands_a) + len(commands_b)
+    counter = _Progress(progress, total)
     found = list(
         _diff_records(
             "session",
@@ -774,6 +1066,14 @@ def diff_stores(
             "token",
             sorted(((token_hint(t.token), t) for t in tokens_a), key=_first),
             sorted(((token_hint(t.token), t) for t in tokens_b), key=_first),
+            counter,
+        )
+    )
+    found.extend(
+        _diff_records(
+            "command",
+            sorted(((c.command_id, c) for c in commands_a), key=_first),
+            sorted(((c.command_id, c) for c in commands_b), key=_first),
             counter,
         )
     )
@@ -832,7 +1132,7 @@ def _diff_records(
         if left == right:
             continue
         for name in differing_fields(left, right):
-            if name == "token":
+            if name in ("token", "command_id"):
                 continue  # same key, so the same value
             yield Difference(
                 kind=kind, key=key_a, field=name, a=getattr(left, name), b=getattr(right, name)

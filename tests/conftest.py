@@ -157,6 +157,17 @@ def data_files(data_dir: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.fixture(autouse=True)
+def legacy_inbox_dir_of_the_test(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep every store's first start out of the developer's ``~/.ccr``.
+
+    The sqlite backend's first start imports each ``inbox-<machine>.db`` in ``legacy_inbox_dir``,
+    by default ``$CCR_DATA_DIR`` else ``~/.ccr``, where the legacy machine agent keeps them
+    (SPEC 6); a test reads nothing outside the repository. Tests of the defaults unset it.
+    """
+    monkeypatch.setenv("CCR_DATA_DIR", str(tmp_path / "ccr-data-dir"))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

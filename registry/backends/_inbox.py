@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from registry.defaults import SESSION_REMOVED
 from registry.errors import CommandNotFound, LeaseLost, SessionNotFound, ValidationError
-from registry.models import Command, FrozenMap, add_ttl, changed_command
+from registry.models import Command, FrozenMap, add_ttl, changed_command, new_command
 from registry.validation import (
     COMMAND_STATES,
     check_bool,
@@ -119,13 +119,19 @@ class Inbox:
                 return stored, False
             if session_id is not None and not store.has_session(session_id):
                 raise SessionNotFound(f"no session {session_id!r}")
-            command = Command(
+            # Every argument was checked above; the payload is not walked a second time.
+            command = new_command(
                 command_id=command_id,
                 session_id=session_id,
                 seq=store.next_command_seq(),
                 payload=body,
                 chat_id=chat_id,
+                state="ready",
+                attempts=0,
                 available_at=available_at,
+                lease_owner=None,
+                lease_until=None,
+                last_error=None,
                 created_at=now,
                 updated_at=now,
             )

@@ -231,7 +231,16 @@ def command_from_json(key: str, value: object) -> Command:
             times[name] = _from_ms(ms)
         else:
             raise ValidationError(f"command {key!r}: {name} is not epoch milliseconds")
-    return Command(**{**value, **times})
+    command = Command(**{**value, **times})
+    # What no inbox call writes: a seq below 1 (seqs are given from 1), or a lease on a command
+    # that is not leased, or a leased one without its owner and time (never claimable again,
+    # it would hold back its session's later commands for ever).
+    if command.seq < 1:
+        raise ValidationError(f"command {key!r}: seq {command.seq} is not positive")
+    leased = command.state == "leased"
+    if (command.lease_owner is not None, command.lease_until is not None) != (leased, leased):
+        raise ValidationError(f"command {key!r}: a {command.state} command with that lease")
+    return command
 
 
 def render_inbox(commands: dict[str, Command], next_seq: int) -> bytes:
@@ -269,6 +278,8 @@ def parse_inbox(path: Path, raw: bytes) -> _Document:
         if not isinstance(records, dict):
             raise ValidationError("commands is not an object")
         commands = {key: command_from_json(key, value) for key, value in records.items()}
+        if len({c.seq for c in commands.values()}) != len(commands):
+            raise ValidationError("two commands share a seq")
     except ValidationError as exc:
         raise StoreCorrupted(f"{path}: cannot be read: {exc}") from exc
     top = max((c.seq for c in commands.values()), default=0)
@@ -921,7 +932,17 @@ class JsonStore(BaseStore):
 
     def save_command(self, command: Command) -> None:
         state = self._state()
-        if state.commands.get(command.command_id) != command:
+        stored = state.commands.get(command.command_id)
+        if stored != command:
+            if (
+                stored is None
+                and command.seq < state.next_seq
+                and any(c.seq == command.seq for c in state.commands.values())
+            ):
+                # A seq given before, to another command (a dual store's secondary that
+                # drifted): refused as sqlite's primary key refuses it, rather than written
+                # into a file that then cannot be read (two commands with one seq).
+                raise RegistryError(f"seq {command.seq} already belongs to another command")
             state.commands[command.command_id] = command
             state.next_seq = max(state.next_seq, command.seq + 1)
             state.commands_changed = True

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,6 +44,7 @@ from registry.backends.sqlite_sql import (
     NEXT_CLAIMABLE,
     NEXT_SEQ,
     ORDER,
+    PENDING,
     SCHEMA_VERSION,
     SELECT_COMMAND,
     SELECT_SESSION,
@@ -607,6 +608,10 @@ class SqliteStore(BaseStore):
         if state is not None:
             where.append("state = ?")
             params.append(state)
+            if state in ("ready", "leased"):
+                # Spelled as the partial indexes say it, so a list of pending commands walks
+                # them instead of scanning every done command the table keeps.
+                where.append(PENDING)
         sql = f"SELECT {COMMAND_COLUMNS} FROM commands"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -667,12 +672,23 @@ class SqliteStore(BaseStore):
                 conn.execute("COMMIT")
         return sessions, tokens
 
-    def load(self, sessions: list[Session], tokens: list[Token], meta: dict[str, str]) -> None:
-        """Insert records and meta entries in one transaction (the import's bulk path)."""
+    def load(
+        self,
+        sessions: list[Session],
+        tokens: list[Token],
+        meta: dict[str, str],
+        *,
+        commands: Sequence[Command] = (),
+    ) -> None:
+        """Insert records and meta entries in one transaction (the import's bulk path).
+
+        Commands keep their ``seq``; the next one enqueued gets a larger one.
+        """
         with self.writing(savepoint=False):
             conn = self._conn()
             conn.executemany(UPSERT_SESSION, [encode_session(s) for s in sessions])
             conn.executemany(UPSERT_TOKEN, [encode_token(t) for t in tokens])
+            conn.executemany(UPSERT_COMMAND, [encode_command(c) for c in commands])
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

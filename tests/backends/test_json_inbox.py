@@ -162,6 +162,26 @@ DAMAGED: dict[str, bytes] = {
             "commands": {"c1": {**GOOD_RECORD, "created_at": "2026-02-09T01:20:00Z"}},
         }
     ),
+    "a seq of 0": inbox_bytes(
+        {"format": 1, "next_seq": 2, "commands": {"c1": {**GOOD_RECORD, "seq": 0}}}
+    ),
+    "two commands with one seq": inbox_bytes(
+        {
+            "format": 1,
+            "next_seq": 2,
+            "commands": {"c1": GOOD_RECORD, "c2": {**GOOD_RECORD, "command_id": "c2"}},
+        }
+    ),
+    "leased without a lease": inbox_bytes(
+        {"format": 1, "next_seq": 2, "commands": {"c1": {**GOOD_RECORD, "state": "leased"}}}
+    ),
+    "a lease on a ready command": inbox_bytes(
+        {
+            "format": 1,
+            "next_seq": 2,
+            "commands": {"c1": {**GOOD_RECORD, "lease_owner": "x", "lease_until": START_MS}},
+        }
+    ),
     "a newer format": inbox_bytes({"format": 2, "next_seq": 1, "commands": {}, "queues": []}),
 }
 

@@ -18,7 +18,13 @@ import pytest
 
 from registry import open_store
 from registry.backends.sqlite import SqliteStore
-from registry.backends.sqlite_sql import COMMAND_FIELDS, UPSERT_COMMAND
+from registry.backends.sqlite_sql import (
+    COMMAND_FIELDS,
+    END_COMMANDS,
+    FINISHED_COMMANDS,
+    NEXT_CLAIMABLE,
+    UPSERT_COMMAND,
+)
 from registry.models import Command
 from tests.conftest import EPOCH_START, FakeClock
 
@@ -111,6 +117,8 @@ def test_every_inbox_statement_uses_an_index(store: SqliteStore, clock: FakeCloc
         "list by session and state": lambda: store.inbox.list_commands(
             session_id="a", state="dead"
         ),
+        "list ready": lambda: store.inbox.list_commands(state="ready"),
+        "list leased": lambda: store.inbox.list_commands(state="leased"),
         "get": lambda: store.inbox.get("a2"),
         "cleanup": store.inbox.cleanup_inbox,
         "session removal": lambda: store.sessions.remove("a"),
@@ -118,6 +126,15 @@ def test_every_inbox_statement_uses_an_index(store: SqliteStore, clock: FakeCloc
     for name, call in calls.items():
         for sql, plan in plans(store, call).items():
             assert not [line for line in plan if BARE_SCAN.match(line)], (name, sql, plan)
+    # The statements as prepared, with parameters (the traced text has its values inlined).
+    for sql, params in [
+        (NEXT_CLAIMABLE, (BASE_MS,)),
+        (FINISHED_COMMANDS, (BASE_MS,)),
+        (END_COMMANDS, ("session removed", BASE_MS, "b")),
+    ]:
+        plan = store.query_plan(sql, params)
+        assert plan and not [line for line in plan if BARE_SCAN.match(line)], (sql, plan)
+        assert all("USING" in line or "SUBQUERY" in line for line in plan), (sql, plan)
     claim = next(iter(plans(store, lambda: store.inbox.claim("daemon")).values()))
     # The outer walk is the pending-only queue index in seq order; the head check one probe.
     assert claim[0] == "SCAN c USING INDEX idx_commands_queue"

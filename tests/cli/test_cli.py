@@ -294,9 +294,19 @@ def test_verify_against_another_config(run: Run, tmp_path: Path) -> None:
 def test_cleanup_doctor_and_config_show(run: Run, tmp_path: Path) -> None:
     run("sessions", "register", "dead", "--ppid", str(2**22 + 7))
     cleaned = json.loads(run("--json", "cleanup", "--dead").stdout)
-    assert cleaned == {"dead_sessions": ["dead"], "expired_sessions": None, "expired_tokens": None}
-    both = json.loads(run("--json", "cleanup").stdout)
-    assert both == {"dead_sessions": [], "expired_sessions": [], "expired_tokens": 0}
+    assert cleaned == {
+        "dead_sessions": ["dead"],
+        "expired_sessions": None,
+        "expired_tokens": None,
+        "inbox_commands": None,
+    }
+    every = json.loads(run("--json", "cleanup").stdout)
+    assert every == {
+        "dead_sessions": [],
+        "expired_sessions": [],
+        "expired_tokens": 0,
+        "inbox_commands": [],
+    }
     checks = json.loads(run("--json", "doctor").stdout)
     status = {c["check"]: c["status"] for c in checks}
     assert status["schema"] == status["integrity"] == status["data dir"] == "ok"

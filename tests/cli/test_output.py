@@ -307,10 +307,10 @@ def test_cleanup_json_has_the_same_keys_whatever_the_flags(run: Run) -> None:
     run("sessions", "register", "s1")
     shapes = {
         flags: json.loads(run("--json", "cleanup", *flags).stdout)
-        for flags in [(), ("--dead",), ("--expired",), ("--dead", "--expired")]
+        for flags in [(), ("--dead",), ("--expired",), ("--inbox",), ("--dead", "--expired")]
     }
     assert {tuple(sorted(d)) for d in shapes.values()} == {
-        ("dead_sessions", "expired_sessions", "expired_tokens")
+        ("dead_sessions", "expired_sessions", "expired_tokens", "inbox_commands")
     }
     assert shapes[("--dead",)]["expired_tokens"] is None
     assert shapes[("--expired",)]["dead_sessions"] is None

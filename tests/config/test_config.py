@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from registry import ConfigError, StoreConfig, open_store
 from registry.config import BACKEND_NAMES, DualConfig
 from registry.factory import BACKENDS, store_exists
-from tests.conftest import UNPRINTABLE_INT
+from tests.conftest import UNPRINTABLE_INT, FakeClock
 
 
 @pytest.fixture(autouse=True)
@@ -307,6 +308,117 @@ def test_config_defaults_are_read_from_the_defaults_module() -> None:
     assert signature.parameters["lock_timeout_s"].default is defaults.LOCK_TIMEOUT_S
     assert BACKEND_NAMES is defaults.BACKEND_NAMES
     assert tuple(BACKENDS) == defaults.BACKEND_NAMES
+
+
+# --------------------------------------------------------------------------- inbox keys
+
+INBOX_EDGES: list[tuple[str, str, object]] = [
+    ("inbox_lease_s", "1", 1.0),
+    ("inbox_lease_s", "86400", 86400.0),
+    ("inbox_max_attempts", "1", 1),
+    ("inbox_max_attempts", "1000", 1000),
+    ("inbox_retention_hours", str(1 / 60), 1 / 60),
+    ("inbox_retention_hours", "87660", 87660.0),
+]
+LEASE_RANGE = "1 to 86400 (seconds)"
+ATTEMPTS_RANGE = "from 1 to 1000"
+INBOX_REFUSED: list[tuple[str, str, str]] = [
+    *[("inbox_lease_s", v, LEASE_RANGE) for v in ("0.999", "86400.5", "0", "-1", "nan", "inf")],
+    *[("inbox_lease_s", v, "must be a number") for v in ('"60"', "true")],
+    *[("inbox_max_attempts", v, ATTEMPTS_RANGE) for v in ("0", "1001", "-1", "10.0", '"10"')],
+    ("inbox_max_attempts", "true", ATTEMPTS_RANGE),
+    *[("inbox_retention_hours", v, TTL_RANGE) for v in ("0.0083", "87661", "0", "nan", "1e300")],
+    ("legacy_inbox_dir", "5", "store.legacy_inbox_dir must be a path"),
+    ("legacy_inbox_dir", '""', "store.legacy_inbox_dir must be a path"),
+    ("legacy_inbox_dir", '"a\\u0000b"', "store.legacy_inbox_dir must not contain a NUL"),
+]
+
+
+def test_inbox_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = StoreConfig.resolve(None)
+    assert (config.inbox_lease_s, config.inbox_max_attempts) == (60, 10)
+    assert config.inbox_retention_hours == 24
+    assert config.legacy_inbox_dir is None
+    assert config.inbox_dir == tmp_path / "home" / ".ccr"
+    settings = config.inbox_settings
+    assert (settings.lease, settings.max_attempts, settings.retention) == (
+        timedelta(seconds=60),
+        10,
+        timedelta(hours=24),
+    )
+    monkeypatch.setenv("CCR_DATA_DIR", str(tmp_path / "d"))
+    assert StoreConfig.resolve(None).inbox_dir == tmp_path / "d"
+    # An explicit legacy_inbox_dir wins over the environment.
+    assert StoreConfig(legacy_inbox_dir=tmp_path / "x").inbox_dir == tmp_path / "x"
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "value"), INBOX_EDGES, ids=[f"{k}={t}" for k, t, _ in INBOX_EDGES]
+)
+def test_an_inbox_key_at_the_edge_of_its_range_is_accepted(
+    tmp_path: Path, key: str, text: str, value: object
+) -> None:
+    file = tmp_path / "ccr-registry.toml"
+    file.write_text(f"[store]\n{key} = {text}\n")
+    config = StoreConfig.from_toml(file)
+    assert getattr(config, key) == value
+    assert key in config.explicit
+    assert getattr(StoreConfig.from_mapping({key: value}), key) == value
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "message"), INBOX_REFUSED, ids=[f"{k}={t}" for k, t, _ in INBOX_REFUSED]
+)
+def test_an_inbox_key_out_of_range_names_the_key_and_the_file(
+    tmp_path: Path, key: str, text: str, message: str
+) -> None:
+    file = tmp_path / "named-config.toml"
+    file.write_text(f"[store]\n{key} = {text}\n")
+    with pytest.raises(ConfigError) as caught:
+        open_store(file)
+    text_of = str(caught.value)
+    assert text_of.startswith(f"{file}: store.{key}")
+    assert message in text_of
+
+
+def test_legacy_inbox_dir_is_relative_to_the_config_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    file = folder / "ccr-registry.toml"
+    monkeypatch.chdir(tmp_path)  # not the file's directory
+    for written, expected in (
+        ("legacy", folder / "legacy"),
+        ("../agent/inboxes", folder / ".." / "agent" / "inboxes"),
+        ("~/inboxes", tmp_path / "home" / "inboxes"),
+        (str(tmp_path / "absolute"), tmp_path / "absolute"),
+    ):
+        file.write_text(f"[store]\nlegacy_inbox_dir = {json.dumps(written)}\n")
+        config = StoreConfig.from_toml(file)
+        assert config.legacy_inbox_dir == expected
+        assert config.inbox_dir == expected
+    assert StoreConfig.from_mapping({"legacy_inbox_dir": "rel"}).inbox_dir == tmp_path / "rel"
+
+
+def test_inbox_keys_reach_the_store(tmp_path: Path) -> None:
+    clock = FakeClock()
+    config = {
+        "data_dir": str(tmp_path / "data"),
+        "inbox_lease_s": 1,
+        "inbox_max_attempts": 1,
+        "inbox_retention_hours": 1 / 60,
+    }
+    with open_store(config, clock=clock) as store:
+        store.inbox.enqueue("c1", {"text": "ls"})
+        claimed = store.inbox.claim("worker")
+        assert claimed is not None and claimed.lease_until == clock.now + timedelta(seconds=1)
+        failed = store.inbox.fail("c1", "worker", "no pane")  # one attempt is the limit
+        assert failed.state == "dead"
+        clock.advance(seconds=59)
+        assert store.inbox.cleanup_inbox() == []
+        clock.advance(seconds=1)  # a minute of retention
+        assert store.inbox.cleanup_inbox() == ["c1"]
 
 
 # --------------------------------------------------------------------------- postgres settings

@@ -311,3 +311,101 @@ def test_a_mismatch_is_one_short_line(
     assert "\n" not in line and len(line) < 400, line
     assert "60 records on the primary, 10 on the secondary" in line
     assert "and 47 more" in line
+
+
+def exercise_inbox(store: Store, clock: FakeClock) -> None:
+    """Every writing method of the inbox, the retry and give-up paths, and a session removal."""
+    store.sessions.register("a")
+    store.sessions.register("b")
+    store.inbox.enqueue("c1", {"text": "ls"}, session_id="a", chat_id=-5)
+    store.inbox.enqueue("c2", {"text": "pwd"}, session_id="a")
+    store.inbox.enqueue("c3", {"n": [1, 2.5, None]}, session_id="b")
+    store.inbox.enqueue("c4", {})
+    store.inbox.enqueue("c5", {}, session_id="b", delay=timedelta(minutes=1))
+    assert store.inbox.enqueue("c1", {"other": True}) == (store.inbox.get("c1"), False)
+    owner = "daemon"
+    claimed = store.inbox.claim(owner)
+    assert claimed is not None and claimed.command_id == "c1"
+    store.inbox.extend("c1", owner, lease=timedelta(minutes=5))
+    store.inbox.complete("c1", owner)
+    claims = [store.inbox.claim(owner) for _ in range(4)]
+    assert [c.command_id if c else None for c in claims] == ["c2", "c3", "c4", None]
+    store.inbox.fail("c2", owner, "no terminal", retry_in=timedelta(0))
+    store.inbox.fail("c3", owner, "typing failed", final=True)
+    store.inbox.requeue("c3")
+    store.inbox.complete("c4", owner)
+    with store.atomic():
+        again = store.inbox.claim(owner)
+        assert again is not None and again.command_id == "c2"
+        store.inbox.fail("c2", owner, "still no terminal")
+    clock.advance(hours=25)
+    assert store.inbox.cleanup_inbox() == ["c1", "c4"]
+    store.inbox.enqueue("c6", {"late": 1}, session_id="a")
+    store.sessions.remove("a")  # c2 and c6 end with it
+
+
+def test_the_secondary_holds_the_same_commands_with_the_same_seq(
+    dual: DualStore, tmp_path: Path, clock: FakeClock
+) -> None:
+    exercise_inbox(dual, clock)
+    assert (dual.mismatches, dual.secondary_failures) == (0, 0)
+    commands = dual.inbox.list_commands()
+    assert [(c.command_id, c.seq, c.state) for c in commands] == [
+        ("c2", 2, "dead"),
+        ("c3", 3, "ready"),
+        ("c5", 5, "ready"),
+        ("c6", 6, "dead"),
+    ]
+    assert {c.last_error for c in commands if c.session_id == "a"} == {"session removed"}
+    clock.advance(hours=25)
+    assert dual.inbox.cleanup_inbox() == ["c2", "c6"]  # the highest seq goes too
+    dual.close()
+    for name in ("json", "sqlite"):
+        with side(tmp_path, name, clock) as alone:
+            assert alone.inbox.list_commands() == commands[1:3], name
+    with side(tmp_path, "json", clock) as js, side(tmp_path, "sqlite", clock) as sq:
+        assert diff_stores(js, sq) == []
+    # Either side, opened alone as a cutover step does, goes on after every seq ever given.
+    for name in ("json", "sqlite"):
+        with side(tmp_path, name, clock) as alone:
+            assert alone.inbox.enqueue("c7", {})[0].seq == 7, name
+
+
+def test_compare_reads_counts_a_drifted_secondary_command(
+    dual: DualStore, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    dual.sessions.register("s1")
+    dual.inbox.enqueue("c1", {"text": "ls"}, session_id="s1")
+    dual.inbox.enqueue("c2", {"text": "pwd"})
+    with side(tmp_path, dual.secondary.backend, clock) as secondary:
+        drifted = secondary.inbox.claim("intruder")
+        assert drifted is not None and drifted.command_id == "c1"
+        secondary.inbox.enqueue("only-there", {})
+    caplog.set_level(logging.WARNING, logger="registry.dual")
+    found = dual.inbox.get("c1")
+    assert found is not None and found.state == "ready"  # the primary answers
+    assert dual.mismatches == 1
+    assert dual.inbox.get("c2") is not None and dual.mismatches == 1  # c2 agrees
+    assert [c.command_id for c in dual.inbox.list_commands()] == ["c1", "c2"]
+    assert dual.mismatches == 2
+    messages = [r.getMessage() for r in caplog.records if r.name == "registry.dual"]
+    assert any("c1" in m and "state" in m and "lease_owner" in m for m in messages), messages
+    assert any("only on the secondary: only-there" in m for m in messages), messages
+
+
+def test_a_seq_the_drifted_secondary_already_gave_is_a_secondary_failure(
+    dual: DualStore, tmp_path: Path, clock: FakeClock
+) -> None:
+    dual.inbox.enqueue("c1", {})
+    with side(tmp_path, dual.secondary.backend, clock) as secondary:
+        assert secondary.inbox.enqueue("only-there", {})[0].seq == 2
+    command, created = dual.inbox.enqueue("c2", {})
+    assert created and command.seq == 2  # the primary gives the seq, and keeps the command
+    assert dual.secondary_failures == 1
+    dual.close()
+    # The secondary refused the write whole and stays readable.
+    with side(tmp_path, dual.secondary.backend, clock) as secondary:
+        assert [(c.command_id, c.seq) for c in secondary.inbox.list_commands()] == [
+            ("c1", 1),
+            ("only-there", 2),
+        ]

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from registry import Store, open_store
+from registry.backends.sqlite import SqliteStore
 from tests.helpers.processes import Worker, start_together
 
 ROUNDS = int(os.environ.get("CCR_CRASH_ROUNDS", "30"))
@@ -71,3 +75,127 @@ def test_writer_killed_at_random_moments(store_config: dict[str, Any], data_dir:
             for session in store.sessions.list_sessions():
                 store.sessions.remove(session.session_id)
     assert acked_total > 0, "no write was acknowledged in any round: the kills came too early"
+
+
+# --------------------------------------------------------------------------- a three-file unit
+#
+# The same kill, placed exactly: a forked writer runs one unit that changes the sessions, the
+# tokens and the inbox together, and is SIGKILLed just before its Nth call of the functions
+# below (json: the os calls that write, rename, delete, open and close files; sqlite: each
+# statement, BEGIN and COMMIT included), for N = 1, 2, ... until a writer gets through. After
+# each kill every side of the store holds the whole unit or none of it.
+
+KILL_POINTS = ("open", "write", "fsync", "replace", "unlink", "close", "ftruncate")
+MAX_POINTS = 400
+
+
+def sides_of(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plain stores the data lives in: the backend itself, or each side of a dual store."""
+    if config["backend"] != "dual":
+        return [config]
+    return [
+        {"backend": name, "data_dir": config["data_dir"], "migrate_from_json": False}
+        for name in (config["dual"]["primary"], config["dual"]["secondary"])
+    ]
+
+
+def seed(config: dict[str, Any]) -> None:
+    """What is there before the unit: a session with a token and a ready command."""
+    with open_store(config) as store:
+        store.sessions.register("base")
+        store.tokens.store_token("t-base", "base", 1)
+        store.inbox.enqueue("c-base", {"n": 0}, session_id="base")
+
+
+def three_file_unit(store: Store) -> None:
+    with store.atomic():
+        store.sessions.register("u", label="unit")
+        store.tokens.store_token("t-u", "u", 2)
+        store.inbox.enqueue("c-u", {"n": 1}, session_id="u")
+        claimed = store.inbox.claim("daemon")
+        assert claimed is not None and claimed.command_id == "c-base"
+
+
+def run_killed_at(config: dict[str, Any], nth: int) -> bool:
+    """Run the unit in a forked writer killed before its ``nth`` call; True if it got through."""
+    pid = os.fork()
+    if pid == 0:  # the writer
+        code = 1
+        try:
+            store = open_store(config)
+            calls = 0
+
+            def count() -> None:
+                nonlocal calls
+                calls += 1
+                if calls == nth:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            def counted(real: Callable[..., Any]) -> Callable[..., Any]:
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    count()
+                    return real(*args, **kwargs)
+
+                return call
+
+            for name in KILL_POINTS:
+                setattr(os, name, counted(getattr(os, name)))
+            for side in (store, getattr(store, "primary", None), getattr(store, "secondary", None)):
+                if isinstance(side, SqliteStore):
+                    side._conn().set_trace_callback(lambda _sql: count())
+            three_file_unit(store)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return False
+    assert os.WEXITSTATUS(status) == 0, f"the writer failed before call {nth}"
+    return True
+
+
+def unit_outcome(config: dict[str, Any]) -> str:
+    """Whether one plain store holds "all" of the unit or "none"; anything else fails."""
+    with open_store({**config, "lock_timeout_s": 5}) as store:
+        sessions = {s.session_id for s in store.sessions.list_sessions()}
+        tokens = {t.token for sid in sessions for t in store.tokens.tokens_for_session(sid)}
+        commands = {c.command_id: c.state for c in store.inbox.list_commands()}
+        whole = (
+            sessions == {"base", "u"}
+            and tokens == {"t-base", "t-u"}
+            and commands == {"c-base": "leased", "c-u": "ready"}
+        )
+        none = sessions == {"base"} and tokens == {"t-base"} and commands == {"c-base": "ready"}
+        assert whole or none, f"half a unit: {sessions}, {tokens}, {commands}"
+        store.sessions.register("after-crash")  # the next writer gets the lock
+        return "all" if whole else "none"
+
+
+def test_a_three_file_unit_killed_at_every_call_is_all_or_nothing(
+    store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    base = tmp_path / "base"
+    seed({**store_config, "data_dir": str(base)})
+    outcomes: list[tuple[str, ...]] = []
+    for nth in range(1, MAX_POINTS):
+        data_dir = tmp_path / f"kill-{nth}"
+        shutil.copytree(base, data_dir)
+        config = {**store_config, "data_dir": str(data_dir), "lock_timeout_s": 5}
+        finished = run_killed_at(config, nth)
+        outcomes.append(tuple(unit_outcome(side) for side in sides_of(config)))
+        check_files(data_dir)  # every side has had its next write: no litter is left
+        if finished:
+            break
+    else:
+        raise AssertionError(f"the writer never got through {MAX_POINTS} calls")
+    sides = sides_of(store_config)
+    assert outcomes[0] == tuple("none" for _ in sides)
+    assert outcomes[-1] == tuple("all" for _ in sides)  # the writer that got through
+    for i, side in enumerate(sides):
+        seen = [outcome[i] for outcome in outcomes]
+        # Once a side holds the unit, a later kill never takes it back: the commit point.
+        assert seen == sorted(seen, reverse=True), (side["backend"], seen)
+        if side["backend"] == "json":
+            # Kills after the journal's commit: the next opener finished the unit.
+            assert seen.count("all") > 1, seen

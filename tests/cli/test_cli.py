@@ -383,5 +383,5 @@ def test_an_unknown_backend_in_a_config_file_is_refused_naming_the_file(
     for args in (("doctor",), ("config", "show")):
         done = run("--config", str(config), "--json", *args)
         assert done.returncode == 1
-        assert f"{config}: store.backend = 'postgres' is not valid" in done.stdout
+        assert f"{config}: store.backend = 'mongodb' is not valid" in done.stdout
     assert not (tmp_path / "d").exists()

@@ -189,3 +189,41 @@ def test_a_schema_with_foreign_tables_is_refused(config: dict[str, Any]) -> None
     assert admin(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (schema,)
     ) == [(1,)]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "ALTER TABLE {s}.sessions RENAME COLUMN label TO lbl",
+        "ALTER TABLE {s}.tokens DROP COLUMN context",
+        "DROP TABLE {s}.commands",
+        "UPDATE {s}.meta SET value = 'two' WHERE key = 'schema_version'",
+    ],
+    ids=["renamed-column", "dropped-column", "dropped-table", "garbled-version"],
+)
+def test_a_damaged_schema_is_refused_and_left_untouched(
+    config: dict[str, Any], damage: str
+) -> None:
+    """The postgres counterpart of the damaged-file contract test (tests/contract)."""
+    from registry import StoreCorrupted
+
+    schema = config["postgres"]["schema"]
+    with open_store(config) as store:
+        store.sessions.register("s1", label="kept")
+        store.tokens.mint_token("s1", 1)
+        store.inbox.enqueue("c1", {"text": "hi"}, session_id="s1")
+    admin(damage.format(s=f'"{schema}"'))
+
+    def contents() -> list[tuple[Any, ...]]:
+        return admin(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s ORDER BY 1, 2",
+            (schema,),
+        ) + admin(f'SELECT key, value FROM "{schema}".meta ORDER BY key')
+
+    before = contents()
+    with pytest.raises(StoreCorrupted), open_store(config) as store:
+        store.sessions.list_sessions()
+        store.tokens.tokens_for_session("s1")
+        store.inbox.list_commands()
+    assert contents() == before

@@ -783,11 +783,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     out = Path(args.out).expanduser()
-    export_json(config.db_path, out, progress=progress_reporter("export"))
+    export_json(config.db_path, out, progress=progress_reporter("export"), inbox=args.inbox)
+    written = " (with ccr-inbox.json)" if args.inbox else ""
     emit(
         args,
-        {"database": str(config.db_path), "out": str(out)},
-        lambda: f"exported {config.db_path} to {out}",
+        {"database": str(config.db_path), "out": str(out), "inbox": args.inbox},
+        lambda: f"exported {config.db_path} to {out}{written}",
     )
     return EXIT_OK
 
@@ -1170,6 +1171,13 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
     export = commands.add_parser("export", parents=[output], help="write the legacy JSON files")
     export.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
+    export.add_argument(
+        "--inbox",
+        action="store_true",
+        help="also write the database's commands to ccr-inbox.json, for a rollback to a json "
+        "primary (dual phase 2 or json); without it an existing ccr-inbox.json is left as it "
+        "is, since the legacy daemon never reads that file",
+    )
     export.set_defaults(func=cmd_export)
     verify = commands.add_parser("verify", parents=[output], help="diff the cutover's two sides")
     verify.add_argument("--against", metavar="CONFIG", help="diff against another config file")

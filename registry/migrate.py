@@ -1,6 +1,7 @@
 """Import the legacy JSON files into SQLite, export back, and diff two stores (SPEC 6).
 
-The import reads the legacy daemon's two JSON files and the legacy machine agent's inbox
+The import reads the legacy daemon's two JSON files, the json backend's own inbox file
+(``ccr-inbox.json``, whose commands are kept exactly) and the legacy machine agent's inbox
 databases (``inbox-<machine>.db``, see :func:`read_legacy_inbox`). It validates and
 normalises every record; a bad or orphaned record is skipped and reported, never fatal, while
 a file that cannot be read at all is fatal (:class:`MigrationError` naming the file). The
@@ -24,7 +25,7 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -32,7 +33,14 @@ from typing import Any, Final
 import attrs
 import filelock
 
-from registry.backends.json_file import LOCK_FILE, SESSIONS_FILE, TOKENS_FILE, recover_journal
+from registry.backends.json_file import (
+    INBOX_FILE,
+    LOCK_FILE,
+    SESSIONS_FILE,
+    TOKENS_FILE,
+    parse_inbox,
+    recover_journal,
+)
 from registry.errors import MigrationError, RegistryError, ValidationError
 from registry.models import (
     Command,
@@ -95,10 +103,13 @@ class MigrationReport:
 
     sessions_imported: int
     tokens_imported: int
-    # Commands of the legacy inbox databases; 0 in a report stored before the inbox existed.
+    # Every command imported: those of ccr-inbox.json and of the legacy inbox databases (the
+    # latter alone in a report stored before the import read ccr-inbox.json; 0 in one stored
+    # before the inbox existed).
     commands_imported: int = 0
     skipped: list[SkippedRecord]
-    # A JSON file by its name, an inbox database by its absolute path -> {"sha256", "bytes"}
+    # A JSON file (ccr-inbox.json included) by its name, an inbox database by its absolute
+    # path -> {"sha256", "bytes"}
     sources: dict[str, dict[str, Any]]
     db_path: str
     imported_at: str
@@ -175,10 +186,18 @@ def legacy_files_present(json_dir: Path, inbox_dir: Path | None = None) -> bool:
     return inbox_dir is not None and bool(legacy_inbox_files(inbox_dir, json_dir))
 
 
+def _json_files_present(json_dir: Path) -> bool:
+    """True if ``json_dir`` holds either legacy JSON file or the json backend's inbox file."""
+    return legacy_files_present(json_dir) or (json_dir / INBOX_FILE).is_file()
+
+
 def _read_sources(
     json_dir: Path, lock_timeout_s: float, *, required: bool = True
 ) -> dict[str, bytes]:
-    """The legacy files' bytes, read under the json backend's lock (as export writes them).
+    """The JSON files' bytes, read under the json backend's lock (as export writes them).
+
+    The json backend's ``ccr-inbox.json`` is read with the two legacy files, in the same
+    hold of the lock: a json store's unit can change all three at once.
 
     A json store's unit replaces both files one after the other; without its lock an import
     could see one file new and the other old (a token whose session is "missing"). A committed
@@ -187,10 +206,12 @@ def _read_sources(
     work either, and the files are read as they are.
     """
 
-    if not legacy_files_present(json_dir):
+    if not _json_files_present(json_dir):
         if not required:
             return {}
-        raise MigrationError(f"{json_dir}: neither {SESSIONS_FILE} nor {TOKENS_FILE} exists")
+        raise MigrationError(
+            f"{json_dir}: neither {SESSIONS_FILE}, {TOKENS_FILE} nor {INBOX_FILE} exists"
+        )
     lock_path = json_dir / LOCK_FILE
     if not lock_path.exists():
         # A json store creates its lock file before its first write and never removes it: with
@@ -225,7 +246,7 @@ def _read_sources(
 
 def _read_files(json_dir: Path) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
-    for name in (SESSIONS_FILE, TOKENS_FILE):
+    for name in (SESSIONS_FILE, TOKENS_FILE, INBOX_FILE):
         path = json_dir / name
         try:
             found[name] = path.read_bytes()
@@ -263,14 +284,59 @@ def read_legacy(
 ) -> tuple[list[Session], list[Token], list[SkippedRecord], dict[str, dict[str, Any]]]:
     """Every valid record of the legacy files in ``json_dir``, what was skipped, and checksums.
 
-    With ``required`` false, a directory without either file reads as empty instead of raising
-    (an import of legacy inbox databases alone). A record is read whatever its size (the
-    legacy daemon's records are accepted as they are); one that cannot be understood, holds
-    text that is not valid Unicode, or is a token whose session is missing is skipped with
-    the reason.
+    With ``required`` false, a directory without any of the files reads as empty instead of
+    raising (an import of legacy inbox databases alone). A record is read whatever its size
+    (the legacy daemon's records are accepted as they are); one that cannot be understood,
+    holds text that is not valid Unicode, or is a token whose session is missing is skipped
+    with the reason. The checksums include ``ccr-inbox.json`` when it exists (read with the
+    other two; its commands: :func:`_read_json_side`).
     """
+    sessions, tokens, skipped, sources, _ = _read_json_side(
+        json_dir,
+        session_ttl=session_ttl,
+        token_ttl=token_ttl,
+        lock_timeout_s=lock_timeout_s,
+        progress=progress,
+        required=required,
+    )
+    return sessions, tokens, skipped, sources
+
+
+def _parse_json_inbox(path: Path, raw: bytes | None) -> tuple[list[Command], int]:
+    """The commands of ``ccr-inbox.json`` by ``seq``, and its next seq (1 with no file).
+
+    The file is this project's own: its commands are taken exactly as they are (seq, state,
+    attempts, lease, timestamps), and a file the json backend would refuse stops the import.
+    """
+    if raw is None:
+        return [], 1
+    try:
+        document = parse_inbox(path, raw)
+    except RegistryError as exc:
+        raise MigrationError(f"{exc}; nothing imported") from exc
+    commands: list[Command] = sorted(document.records.values(), key=lambda c: c.seq)
+    return commands, document.next_seq
+
+
+def _read_json_side(
+    json_dir: Path,
+    *,
+    session_ttl: timedelta,
+    token_ttl: timedelta,
+    lock_timeout_s: float,
+    progress: Progress | None,
+    required: bool,
+) -> tuple[
+    list[Session],
+    list[Token],
+    list[SkippedRecord],
+    dict[str, dict[str, Any]],
+    tuple[list[Command], int],
+]:
+    """:func:`read_legacy`, and the commands and next seq of ``ccr-inbox.json``."""
     files = _read_sources(json_dir, lock_timeout_s, required=required)
     sources = _checksums(files)
+    inbox = _parse_json_inbox(json_dir / INBOX_FILE, files.get(INBOX_FILE))
     sessions_doc = _parse_source(json_dir / SESSIONS_FILE, files.get(SESSIONS_FILE))
     tokens_doc = _parse_source(json_dir / TOKENS_FILE, files.get(TOKENS_FILE))
     skipped: list[SkippedRecord] = []
@@ -306,7 +372,7 @@ def read_legacy(
             skipped.append(SkippedRecord(kind="token", key=token_hint_legacy(key), reason=reason))
             continue
         tokens.append(token)
-    return list(sessions.values()), tokens, skipped, sources
+    return list(sessions.values()), tokens, skipped, sources, inbox
 
 
 # --------------------------------------------------------------------------- the legacy inbox
@@ -474,18 +540,29 @@ def _inbox_command(command_id: str, row: tuple[Any, ...], session_ids: set[str])
 
 
 def read_legacy_inbox(
-    files: Iterable[Path], session_ids: Iterable[str]
+    files: Iterable[Path],
+    session_ids: Iterable[str],
+    *,
+    live_ids: Set[str] = frozenset(),
+    live_file: Path | None = None,
+    first_seq: int = 1,
 ) -> tuple[list[Command], list[SkippedRecord], dict[str, dict[str, Any]]]:
     """The commands of legacy inbox databases, what was skipped, and checksums by path.
 
     Rules (SPEC 6): ``received`` becomes ``ready`` and ``done`` stays ``done``; commands are
-    ordered by ``received_at``, then ``command_id``, and numbered ``seq`` 1, 2, ... in that
-    order; ``session_id`` is the payload's ``sessionId`` when ``session_ids`` holds it (else
-    None), ``chat_id`` its ``chatId`` (a numeric string made an int, anything else None);
-    ``created_at`` is ``received_at`` and ``updated_at`` is ``updated_at``, each the other when
-    missing; ``attempts`` 0. A row that cannot be imported (a payload that is not a JSON object,
-    an unknown status, no timestamp, an id that is not a valid key) is skipped with its reason;
-    so is a command id already read from an earlier file (the first one is kept).
+    ordered by ``received_at`` (``updated_at`` where it is missing), then ``command_id``, and
+    numbered ``seq`` 1, 2, ... in that order; ``session_id`` is the payload's ``sessionId``
+    when ``session_ids`` holds it (else None), ``chat_id`` its ``chatId`` (a numeric string
+    made an int, anything else None); ``created_at`` is ``received_at`` and ``updated_at`` is
+    ``updated_at``, each the other when missing; ``attempts`` 0. A row that cannot be imported
+    (a payload that is not a JSON object, an unknown status, no timestamp, an id that is not a
+    valid key) is skipped with its reason; so is a command id already imported from an earlier
+    file (the first copy that can be imported is kept).
+
+    With ``ccr-inbox.json`` imported too (its commands keep their own seqs): ``live_ids`` are
+    its command ids, whose legacy copies are skipped (the live inbox's copy wins), and
+    ``first_seq`` is its next seq, from which the legacy commands are numbered instead of 1,
+    so that they come after every seq it gave.
     :raises MigrationError: for a file that cannot be read (see :func:`_read_inbox_file`).
     """
     known = set(session_ids)
@@ -497,7 +574,8 @@ def read_legacy_inbox(
         raw, rows = _read_inbox_file(path)
         sources[str(path)] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
         for row in rows:
-            shown = _shown_value(row[0])[1:-1] if isinstance(row[0], bytes) else str(row[0])
+            key = row[0]
+            shown = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else str(key)
             try:
                 command_id = _inbox_text("command_id", row[0])
                 if command_id is None:
@@ -506,18 +584,24 @@ def read_legacy_inbox(
             except ValidationError as exc:
                 skipped.append(SkippedRecord(kind="command", key=shown, reason=f"{path}: {exc}"))
                 continue
-            if command_id in first_file:
-                reason = f"{path}: the same command id is in {first_file[command_id]}, kept"
+            if command_id in live_ids:
+                live = INBOX_FILE if live_file is None else live_file
+                reason = f"{path}: the same command id is in {live}, whose copy is kept"
                 skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
                 continue
-            first_file[command_id] = path
+            if command_id in first_file:
+                reason = f"{path}: the same command id was imported from {first_file[command_id]}"
+                skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
+                continue
             try:
                 commands.append(_inbox_command(command_id, row, known))
             except ValidationError as exc:
                 reason = f"{path}: {exc}"
                 skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
+                continue
+            first_file[command_id] = path
     commands.sort(key=lambda c: (c.created_at, c.command_id))
-    numbered = [changed_command(c, seq=seq) for seq, c in enumerate(commands, 1)]
+    numbered = [changed_command(c, seq=seq) for seq, c in enumerate(commands, first_seq)]
     return numbered, skipped, sources
 
 
@@ -542,13 +626,18 @@ def import_json(
 ) -> MigrationReport:
     """Build a new sqlite database at ``db_path`` from the legacy files in ``json_dir``.
 
-    The legacy inbox databases (``inbox-<machine>.db``) in ``inbox_dir`` and in ``json_dir``
-    are imported with them (:func:`read_legacy_inbox`); they alone are enough for an import.
+    The json backend's ``ccr-inbox.json`` in ``json_dir`` is imported with them, each command
+    exactly as the file holds it (``seq``, state, attempts, lease, timestamps), and the
+    database's next seq is at least the file's. The legacy inbox databases
+    (``inbox-<machine>.db``) in ``inbox_dir`` and in ``json_dir`` are imported too
+    (:func:`read_legacy_inbox`), numbered after ``ccr-inbox.json``'s seqs; a command id in
+    both is taken from ``ccr-inbox.json`` (the live inbox) and the legacy copy is skipped.
+    Any of these files alone is enough for an import.
     ``progress(done, total)`` is called as records are read, and once with ``done == total``
     when the database is in place.
     :raises MigrationError: if ``db_path`` already exists (see :func:`import_status` and
-        :func:`reimport_json`), no legacy file exists, or a file cannot be read or parsed; no
-        database is created then.
+        :func:`reimport_json`), no legacy file exists, or a file cannot be read or parsed (a
+        damaged ``ccr-inbox.json`` included); no database is created then.
     """
     json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
     inbox = None if inbox_dir is None else Path(inbox_dir).expanduser()
@@ -585,10 +674,13 @@ def import_on_first_start(
     """Import if the database does not exist yet and legacy files do; else do nothing.
 
     A legacy inbox database in ``inbox_dir`` or ``json_dir`` counts as a legacy file: it alone
-    starts the import (SPEC 6). Of several processes starting at once, one imports and the
-    others wait for the lock and then find the finished database.
+    starts the import (SPEC 6); so does ``ccr-inbox.json`` in ``json_dir``. Of several
+    processes starting at once, one imports and the others wait for the lock and then find the
+    finished database.
     """
-    if db_path.exists() or not legacy_files_present(json_dir, inbox_dir):
+    if db_path.exists():
+        return None
+    if not (legacy_files_present(json_dir, inbox_dir) or _json_files_present(json_dir)):
         return None
     ensure_private_dir(db_path.parent)
     try:
@@ -639,13 +731,13 @@ def _build(
     if backup is None:
         refuse_orphan_wal(db_path)
     inbox_files = legacy_inbox_files(inbox_dir, json_dir)
-    if not inbox_files and not legacy_files_present(json_dir):
+    if not inbox_files and not _json_files_present(json_dir):
         where = json_dir if inbox_dir is None else f"{json_dir} or {inbox_dir}"
         raise MigrationError(
-            f"{json_dir}: neither {SESSIONS_FILE} nor {TOKENS_FILE} exists, and no "
-            f"{INBOX_GLOB} in {where}"
+            f"{json_dir}: neither {SESSIONS_FILE}, {TOKENS_FILE} nor {INBOX_FILE} exists, "
+            f"and no {INBOX_GLOB} in {where}"
         )
-    sessions, tokens, skipped, sources = read_legacy(
+    sessions, tokens, skipped, sources, (live, next_seq) = _read_json_side(
         json_dir,
         session_ttl=session_ttl,
         token_ttl=token_ttl,
@@ -653,9 +745,14 @@ def _build(
         progress=progress,
         required=False,
     )
-    commands, command_skips, inbox_sources = read_legacy_inbox(
-        inbox_files, (s.session_id for s in sessions)
+    legacy_commands, command_skips, inbox_sources = read_legacy_inbox(
+        inbox_files,
+        (s.session_id for s in sessions),
+        live_ids={c.command_id for c in live},
+        live_file=json_dir / INBOX_FILE,
+        first_seq=next_seq,
     )
+    commands = [*live, *legacy_commands]
     report = MigrationReport(
         sessions_imported=len(sessions),
         tokens_imported=len(tokens),
@@ -679,7 +776,11 @@ def _build(
         )
         try:
             store.load(
-                sessions, tokens, {REPORT_KEY: json.dumps(report.to_dict())}, commands=commands
+                sessions,
+                tokens,
+                {REPORT_KEY: json.dumps(report.to_dict())},
+                commands=commands,
+                next_seq=next_seq,
             )
             store.checkpoint()
         finally:
@@ -759,14 +860,14 @@ def import_status(
 ) -> ImportStatus:
     """What the import that built ``db_path`` read, and whether the legacy files changed since.
 
-    The legacy inbox databases in ``inbox_dir`` and ``json_dir`` count as legacy files (by
-    path), as the import reads them.
+    ``ccr-inbox.json`` (by name) and the legacy inbox databases in ``inbox_dir`` and
+    ``json_dir`` (by path) count as legacy files, as the import reads them.
     :raises MigrationError: if there is no database at ``db_path`` or the files cannot be read.
     """
     json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
     inbox = None if inbox_dir is None else Path(inbox_dir).expanduser()
     report = stored_report(db_path)
-    files = _read_sources(json_dir, lock_timeout_s) if legacy_files_present(json_dir) else {}
+    files = _read_sources(json_dir, lock_timeout_s) if _json_files_present(json_dir) else {}
     current = _checksums(files)
     for path in legacy_inbox_files(inbox, json_dir):
         try:
@@ -795,9 +896,10 @@ def reimport_json(
 ) -> MigrationReport:
     """Import the legacy files again over an existing database, keeping it as a backup.
 
-    The legacy inbox databases are read as :func:`import_json` reads them. Commands the old
-    database holds that no legacy file has (enqueued since the import) are not carried over:
-    the backup keeps them.
+    ``ccr-inbox.json`` and the legacy inbox databases are read as :func:`import_json` reads
+    them: in phase 2 (json primary) the commands of the json side are the live inbox, and
+    they come over exactly. Commands the old database holds that none of these files has are
+    not carried over: the backup keeps them.
 
     The old database is checkpointed (so its file holds everything) and kept under
     ``<db name>.backup-<UTC time>`` beside it; the report names it (``backup``). Safe against a
@@ -964,6 +1066,7 @@ def export_json(
     out_dir: str | os.PathLike[str],
     *,
     progress: Progress | None = None,
+    inbox: bool = False,
 ) -> None:
     """Write the database's content to ``out_dir`` as the legacy JSON files.
 
@@ -971,13 +1074,18 @@ def export_json(
     one all-or-nothing unit, under the json backend's lock, so a json store using ``out_dir``
     never sees half an export. Tokens are written in full: the legacy format needs them.
     A live agent's ``start_time`` first becomes the one the legacy daemon expects
-    (:func:`_legacy_start_times`). No inbox is written: neither ``ccr-inbox.json`` nor a
-    legacy ``inbox-<machine>.db`` (the legacy machine agent kept its inbox in its own SQLite
-    file, which this never writes); the database's commands stay in the database. Records in
-    ``out_dir``'s files that cannot be understood are kept (see
-    :meth:`JsonStore.replace_contents`). Whatever the database holds is written: a record beyond
-    our API's limits as it is, and text that UTF-8 cannot encode as a JSON escape.
-    ``progress(done, total)`` counts the records read, then written.
+    (:func:`_legacy_start_times`). Records in ``out_dir``'s files that cannot be understood
+    are kept (see :meth:`JsonStore.replace_contents`). Whatever the database holds is written:
+    a record beyond our API's limits as it is, and text that UTF-8 cannot encode as a JSON
+    escape. ``progress(done, total)`` counts the records read, then written.
+
+    By default no inbox is written, and an existing ``ccr-inbox.json`` is left as it is: the
+    legacy daemon and its machine agent never read that file (the agent kept its inbox in its
+    own ``inbox-<machine>.db``, which this never writes either). With ``inbox``, the
+    database's commands are written to ``ccr-inbox.json`` too, from the same read transaction
+    and in the same all-or-nothing unit, with the database's next seq as the file's: the
+    rollback to a json primary (phase 3 to 2), whose inbox would otherwise hold stale copies
+    of commands the database finished (typed twice) and lack the ones it holds alone.
     :raises MigrationError: if the database does not exist.
     """
     from registry.backends.json_file import JsonStore
@@ -991,17 +1099,23 @@ def export_json(
     )
     try:
         _legacy_start_times(source)
-        sessions, tokens = source.snapshot()
+        if inbox:
+            sessions, tokens, commands, next_seq = source.snapshot_with_inbox()
+        else:
+            (sessions, tokens), commands, next_seq = source.snapshot(), [], 1
     finally:
         source.close()
-    total = 2 * (len(sessions) + len(tokens)) or 1
+    total = 2 * (len(sessions) + len(tokens) + len(commands)) or 1
     if progress is not None:
         progress(total // 2, total)
     target = JsonStore(
         out_dir, clock=_utcnow, session_ttl=DEFAULT_TTL, token_ttl=DEFAULT_TTL, lock_timeout_s=10
     )
     try:
-        target.replace_contents(sessions, tokens)
+        if inbox:
+            target.replace_contents(sessions, tokens, commands=commands, next_seq=next_seq)
+        else:
+            target.replace_contents(sessions, tokens)
     finally:
         target.close()
     if progress is not None:

@@ -42,6 +42,10 @@ MAX_CONTEXT_DEPTH: Final = 100
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# check_key and is_key check ASCII text (nearly every key) with str methods instead: within
+# ASCII the control characters above are exactly the ones str.isprintable refuses (U+0000 to
+# U+001F and U+007F), and ASCII text is valid UTF-8. The regex search cost about 0.25 us a key,
+# and every write checks one or two.
 
 Scalar = str | int | float | bool | None
 
@@ -106,6 +110,8 @@ def check_key(name: str, value: object) -> str:
         raise ValidationError(f"{name} must not be empty")
     if len(value) > MAX_KEY_LEN:
         raise ValidationError(f"{name} is longer than {MAX_KEY_LEN} characters")
+    if str.isascii(value) and str.isprintable(value):
+        return value  # ASCII: see the note at _CONTROL
     if _CONTROL.search(value):
         raise ValidationError(f"{name} must not contain control characters")
     return _check_utf8(name, value)
@@ -120,6 +126,8 @@ def is_key(name: str, value: object) -> bool:
     """
     if not isinstance(value, str):
         raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
+    if str.isascii(value):  # see the note at _CONTROL
+        return 0 < len(value) <= MAX_KEY_LEN and str.isprintable(value)
     return 0 < len(value) <= MAX_KEY_LEN and _CONTROL.search(value) is None and is_utf8(value)
 
 

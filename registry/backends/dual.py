@@ -414,8 +414,10 @@ class DualStore(BaseStore):
 
     # ----------------------------------------------------------------- inbox primitives
     #
-    # The primary gives every seq; the secondary stores the record with the primary's seq, so
-    # both hold the same commands in the same order (diff_stores compares seq too).
+    # Both sides hold every command under one seq, so diff_stores can compare them field by
+    # field. A new seq is past the largest either side ever gave: in a cutover the secondary
+    # may already hold commands the primary never saw (the legacy inbox imported into ccr.db
+    # while json is still the primary), and a seq of the primary's alone collided with them.
 
     def load_command(self, command_id: str) -> Command | None:
         found = self.primary.load_command(command_id)
@@ -428,7 +430,14 @@ class DualStore(BaseStore):
         self._mirror(lambda: self._side.save_command(command))
 
     def next_command_seq(self) -> int:
-        return self.primary.next_command_seq()
+        seq = self.primary.next_command_seq()
+        if self.secondary is not None and not self._local.broken:
+            try:
+                seq = max(seq, self.secondary.next_command_seq())
+            except Exception as exc:
+                self._local.broken = True
+                self._secondary_failed("read", exc)
+        return seq
 
     def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
         def select(side: BaseStore) -> list[Command]:

@@ -808,14 +808,29 @@ class JsonStore(BaseStore):
             state = self._state()
             return list(state.sessions.values()), list(state.tokens.values())
 
-    def replace_contents(self, sessions: list[Session], tokens: list[Token]) -> None:
+    def replace_contents(
+        self,
+        sessions: list[Session],
+        tokens: list[Token],
+        *,
+        commands: list[Command] | None = None,
+        next_seq: int = 1,
+    ) -> None:
         """Make both files show exactly these records, as one all-or-nothing unit (the export).
 
         What the files hold that no read shows stays: records that cannot be understood, and
         orphan tokens unless the export brings their session back (they would then show up,
-        though the export's source, which is authoritative, does not hold them).
+        though the export's source, which is authoritative, does not hold them). With
+        ``commands``, the inbox file holds exactly those, with ``next_seq`` as its next seq (at
+        least one past the largest ``seq``), in the same unit; without, it is left as it is.
         """
         with self.writing(savepoint=False):
+            if commands is not None:
+                state = self._state()
+                state.commands = {c.command_id: c for c in commands}
+                top = max((c.seq for c in commands), default=0)
+                state.next_seq = max(next_seq, top + 1)
+                state.commands_changed = True
             # Both files are written even when unchanged: an export must leave both behind.
             state = self._state()
             state.sessions = {s.session_id: s for s in sessions}

@@ -393,19 +393,26 @@ def test_compare_reads_counts_a_drifted_secondary_command(
     assert any("only on the secondary: only-there" in m for m in messages), messages
 
 
-def test_a_seq_the_drifted_secondary_already_gave_is_a_secondary_failure(
+def test_a_seq_the_secondary_already_gave_is_never_given_again(
     dual: DualStore, tmp_path: Path, clock: FakeClock
 ) -> None:
+    # As in a cutover's phase 2: the secondary holds a command the primary never saw (the
+    # legacy inbox imported into ccr.db) under the seq the primary would give next.
     dual.inbox.enqueue("c1", {})
     with side(tmp_path, dual.secondary.backend, clock) as secondary:
         assert secondary.inbox.enqueue("only-there", {})[0].seq == 2
     command, created = dual.inbox.enqueue("c2", {})
-    assert created and command.seq == 2  # the primary gives the seq, and keeps the command
-    assert dual.secondary_failures == 1
+    assert created and command.seq == 3  # past the largest seq of either side
+    assert dual.secondary_failures == 0
     dual.close()
-    # The secondary refused the write whole and stays readable.
     with side(tmp_path, dual.secondary.backend, clock) as secondary:
         assert [(c.command_id, c.seq) for c in secondary.inbox.list_commands()] == [
             ("c1", 1),
             ("only-there", 2),
+            ("c2", 3),
+        ]
+    with side(tmp_path, dual.primary.backend, clock) as primary:
+        assert [(c.command_id, c.seq) for c in primary.inbox.list_commands()] == [
+            ("c1", 1),
+            ("c2", 3),
         ]

@@ -38,6 +38,11 @@ class Worker:
         if got != line:
             raise AssertionError(f"worker said {got!r}, expected {line!r}: {self.stderr()}")
 
+    def read_line(self) -> str:
+        """The worker's next line of output."""
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
     def release(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write("go\n")

@@ -4,15 +4,54 @@
 
 It prints ``ready``, waits for a line on stdin (the start barrier), runs MODE and prints one
 ``ack N`` line after each call has returned, so the parent knows which writes were acknowledged.
+
+The inbox modes print what they did instead: ``inbox-consume`` prints ``claim`` and ``done``
+event lines until no command is pending, ``inbox-hold`` prints the command it claimed and then
+holds its lease until it is killed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from registry import open_store
+from registry import Store, open_store
 from registry.migrate import stored_report
+
+
+def ticket(store: Store) -> int:
+    """The next number of the store's own counter (session ``ticket``), inside the caller's
+    unit: units are serialised, so tickets give the order in which the units committed."""
+    counter = store.sessions.get("ticket")
+    assert counter is not None and counter.label is not None
+    number = int(counter.label) + 1
+    store.sessions.update("ticket", label=str(number))
+    return number
+
+
+def consume(store: Store, owner: str) -> None:
+    """Claim and complete commands until none is pending, printing each event with the ticket
+    taken in the same unit as the claim or the completion:
+
+        claim COMMAND_ID SEQ ATTEMPTS TICKET PID
+        done COMMAND_ID SEQ TICKET PID
+    """
+    pid = os.getpid()
+    while True:
+        with store.atomic():
+            command = store.inbox.claim(owner)
+            number = ticket(store) if command is not None else 0
+        if command is None:
+            if not any(c.pending for c in store.inbox.list_commands()):
+                return
+            os.sched_yield()  # the rest is held back by other consumers' leases
+            continue
+        print(f"claim {command.command_id} {command.seq} {command.attempts} {number} {pid}")
+        with store.atomic():
+            store.inbox.complete(command.command_id, owner)
+            number = ticket(store)
+        print(f"done {command.command_id} {command.seq} {number} {pid}", flush=True)
 
 
 def main() -> None:
@@ -58,6 +97,13 @@ def main() -> None:
             store.sessions.register(f"p{worker}-{i}")
             print(f"ack {i}", flush=True)
             i += 1
+    elif mode == "inbox-consume":
+        consume(store, f"w{worker}")
+    elif mode == "inbox-hold":
+        command = store.inbox.claim(f"w{worker}")
+        assert command is not None
+        print(f"claimed {command.command_id} {command.attempts}", flush=True)
+        sys.stdin.readline()  # hold the lease until killed
     elif mode == "hold":
         with store.atomic():
             store.sessions.register(f"holder-{worker}")

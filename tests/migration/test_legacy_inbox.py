@@ -150,7 +150,7 @@ def test_skipped_rows_are_reported_with_their_reasons(legacy: Legacy) -> None:
         (
             "command",
             "tg-123456789-4415",
-            f"{desk}: the same command id is in {laptop}, kept",
+            f"{desk}: the same command id was imported from {laptop}",
         ),
     ]
 
@@ -180,6 +180,26 @@ def test_the_sources_stay_byte_identical_with_nothing_beside_them(legacy: Legacy
             "sha256": hashlib.sha256(raw).hexdigest(),
             "bytes": len(raw),
         }
+
+
+def test_a_copy_that_cannot_be_imported_does_not_hide_a_later_one(legacy: Legacy) -> None:
+    # inbox-attic.db comes before inbox-laptop.db; its copy of 4411 has a payload that is text.
+    conn = sqlite3.connect(legacy.agent / "inbox-attic.db")
+    conn.executescript(
+        "CREATE TABLE inbox (command_id TEXT PRIMARY KEY, received_at INTEGER, payload TEXT, "
+        "status TEXT, updated_at INTEGER);"
+        "INSERT INTO inbox VALUES ('tg-123456789-4411', 1, '\"run the tests\"', 'received', 1);"
+    )
+    conn.close()
+    report = import_json(legacy.data, legacy.db, inbox_dir=legacy.agent)
+    attic = (legacy.agent / "inbox-attic.db").resolve()
+    assert report.commands_imported == len(IMPORTED)
+    assert ("tg-123456789-4411", f"{attic}: payload is a string, not a JSON object") in [
+        (s.key, s.reason) for s in report.skipped
+    ]
+    with open_sqlite(legacy.db) as store:
+        command = store.inbox.get("tg-123456789-4411")
+    assert command is not None and command.payload["text"] == "run the tests"
 
 
 def test_a_directory_named_twice_is_read_once(legacy: Legacy) -> None:

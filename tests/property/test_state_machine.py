@@ -4,6 +4,13 @@ Each rule applies the same operation to the model and to every backend and asser
 return the same result (or raise the same error type), naming the backend that disagrees. After
 each step an invariant compares the whole visible state. Rules move the fake clock, close and
 reopen every store, and run ``atomic()`` blocks that raise part-way.
+
+The command inbox (SPEC 3.4) is modelled too: enqueues with duplicate ids from a small pool,
+claims by three owners, extend/complete/fail/requeue, cleanup, the clock moved onto and past
+leases and retry times, and session removal making pending commands ``dead``. SPEC 3.4 fixes
+only the order of ``seq`` (strictly increasing, never reused), not its values, so the model
+numbers its commands itself; each backend's ``seq`` is checked to grow at every enqueue and to
+stay what that enqueue returned, and is substituted into the model's records when comparing.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from hypothesis.stateful import (
 
 from registry import (
     ChatMismatch,
+    Command,
+    CommandNotFound,
+    LeaseLost,
     RegistryError,
     Session,
     SessionNotFound,
@@ -104,6 +114,79 @@ steps = st.sampled_from(
     [timedelta(milliseconds=1), timedelta(minutes=20), timedelta(hours=1), timedelta(hours=2)]
 )
 
+# The inbox's configuration (SPEC 5), small enough for a 30-step run to reach every limit.
+MS = timedelta(milliseconds=1)
+SECOND = timedelta(seconds=1)
+LEASE = timedelta(seconds=30)
+MAX_ATTEMPTS = 3
+RETENTION = timedelta(minutes=15)
+BACKOFF_CAP = timedelta(minutes=5)
+SESSION_REMOVED = "session removed"
+COMMAND_STATES = ("ready", "leased", "done", "dead")
+INBOX_SETTINGS = {
+    "inbox_lease_s": LEASE / SECOND,
+    "inbox_max_attempts": MAX_ATTEMPTS,
+    "inbox_retention_hours": RETENTION / timedelta(hours=1),
+}
+
+COMMAND_POOL = ["c1", "c2", "c3", "c4", "c5"]
+command_ids = st.sampled_from(COMMAND_POOL)
+# A lookup of a value no command can hold ("" or a lone surrogate) simply finds nothing.
+any_command_ids = st.sampled_from([*COMMAND_POOL, *COMMAND_POOL, "", "pane-\udcff"])
+OWNERS = ["w1", "w2", "w3"]
+owners = st.sampled_from(OWNERS)
+leases = st.sampled_from([None, None, timedelta(0), SECOND, timedelta(seconds=90)])
+# claim also meets, now and then, an owner or a lease it must refuse.
+claim_args = st.sampled_from(
+    [(owner, lease) for owner in OWNERS for lease in (None, None, timedelta(0), SECOND)] * 2
+    + [("\ud800", None), ("w1", -MS)]
+)
+payloads = st.dictionaries(
+    st.sampled_from(["text", "n", "keys"]),
+    st.none()
+    | st.integers(-3, 3)
+    | st.sampled_from(["ls -la", *ODD_TEXT])
+    | st.lists(st.integers(0, 3), max_size=2),
+    max_size=2,
+)
+enqueue_args = st.fixed_dictionaries(
+    {
+        "command_id": command_ids,
+        "payload": payloads,
+        "session_id": st.sampled_from([None, "s1", "s2", "s3", "héllo ☕"]),
+    },
+    optional={
+        "chat_id": st.sampled_from([None, 1, -1001234567890, 2**63 - 1]),
+        "delay": st.sampled_from([None, timedelta(0), SECOND, timedelta(seconds=90)]),
+    },
+)
+# Now and then one argument enqueue must refuse, even for a command id it already knows.
+SPOILERS: list[tuple[str, Any] | None] = [
+    ("command_id", ""),
+    ("command_id", "\ud800"),
+    ("command_id", "x" * 257),
+    ("session_id", "pane-\udcff"),
+    ("session_id", ""),
+    ("payload", {"text": "pane-\udcff"}),
+    ("payload", ["not", "an object"]),
+    ("payload", {1: "a key that is not text"}),
+    ("chat_id", 2**63),
+    ("delay", -MS),
+]
+spoilers = st.sampled_from([*[None] * 3 * len(SPOILERS), *SPOILERS])
+errors = st.sampled_from(["boom", "", *ODD_TEXT])
+# What a consumer does with a command it holds: (what, lease or retry_in, error). Each way
+# of failing is a choice of its own, so that each is drawn as often as complete().
+actions = st.tuples(
+    st.sampled_from(["fail-backoff", "complete", "fail-retry", "extend", "fail-final", "keep"]),
+    st.sampled_from([None, timedelta(0), SECOND, timedelta(seconds=90)]),
+    errors,
+)
+# Lease and retry arithmetic: a millisecond, the first backoffs, the lease, a long pause.
+inbox_steps = st.sampled_from(
+    [MS, SECOND, 4 * SECOND, LEASE, timedelta(minutes=20), timedelta(hours=2)]
+)
+
 
 # --------------------------------------------------------------------------- the model
 
@@ -115,9 +198,14 @@ class Model:
     clock: FakeClock
     sessions: dict[str, Session] = field(default_factory=dict)
     tokens: dict[str, Token] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
+    # The model's own numbering: only the order of seq is specified.
+    next_seq: int = 1
 
     def copy(self) -> Model:
-        return Model(self.clock, dict(self.sessions), dict(self.tokens))
+        return Model(
+            self.clock, dict(self.sessions), dict(self.tokens), dict(self.commands), self.next_seq
+        )
 
     @property
     def now(self) -> datetime:
@@ -173,6 +261,9 @@ class Model:
         for sid in ids:
             del self.sessions[sid]
         self.tokens = {k: t for k, t in self.tokens.items() if t.session_id not in ids}
+        for cid, command in self.commands.items():
+            if command.session_id in ids and command.state in ("ready", "leased"):
+                self.commands[cid] = self._released(command, "dead", last_error=SESSION_REMOVED)
 
     def remove(self, sid: str) -> bool:
         if sid not in self.sessions:
@@ -250,6 +341,193 @@ class Model:
         )
         return found[0] if found else None
 
+    # ------------------------------------------------------------- the inbox (SPEC 3.4)
+
+    def _released(self, command: Command, state: str, **changes: Any) -> Command:
+        """``done``, ``dead`` and ``ready`` clear the lease; every change sets updated_at."""
+        return attrs.evolve(
+            command,
+            state=state,
+            lease_owner=None,
+            lease_until=None,
+            updated_at=self.now,
+            **changes,
+        )
+
+    def _leased_by(self, command_id: str, owner: str) -> Command:
+        command = self.commands.get(command_id)
+        if command is None:
+            raise CommandNotFound(command_id)
+        if command.state != "leased" or command.lease_owner != owner:
+            raise LeaseLost(command_id)
+        return command
+
+    @staticmethod
+    def _duration(value: timedelta | None, default: timedelta) -> timedelta:
+        if value is None:
+            return default
+        if value < timedelta(0):
+            raise ValidationError("negative duration")
+        return value
+
+    def inbox_enqueue(
+        self,
+        command_id: str,
+        payload: dict[str, Any],
+        *,
+        session_id: str | None = None,
+        chat_id: int | None = None,
+        delay: timedelta | None = None,
+    ) -> tuple[Command, bool]:
+        available_at = self.now + self._duration(delay, timedelta(0))
+        new = Command(  # every argument validated first, known id or not
+            command_id=command_id,
+            session_id=session_id,
+            seq=self.next_seq,
+            payload=payload,
+            chat_id=chat_id,
+            available_at=available_at,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        if command_id in self.commands:
+            return self.commands[command_id], False
+        if session_id is not None and session_id not in self.sessions:
+            raise SessionNotFound(session_id)
+        self.next_seq += 1
+        self.commands[command_id] = new
+        return new, True
+
+    def claimable(self, command: Command) -> bool:
+        if command.state == "ready":
+            return command.available_at <= self.now
+        return command.state == "leased" and command.lease_until <= self.now
+
+    def heads(self) -> list[Command]:
+        """The pending command with the smallest seq of each group (None is one group)."""
+        first: dict[str | None, Command] = {}
+        for command in sorted(self.commands.values(), key=lambda c: c.seq):
+            if command.state in ("ready", "leased"):
+                first.setdefault(command.session_id, command)
+        return sorted(first.values(), key=lambda c: c.seq)
+
+    def inbox_claim(self, owner: str, *, lease: timedelta | None = None) -> Command | None:
+        # owner follows the rules of session_id, as a command's lease_owner does
+        Command(
+            command_id="probe",
+            seq=1,
+            lease_owner=owner,
+            available_at=self.now,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        length = self._duration(lease, LEASE)
+        while True:
+            ready = [c for c in self.heads() if self.claimable(c)]
+            if not ready:
+                return None
+            chosen = ready[0]
+            if chosen.attempts >= MAX_ATTEMPTS:
+                error = f"gave up after {chosen.attempts} attempts"
+                self.commands[chosen.command_id] = self._released(chosen, "dead", last_error=error)
+                continue
+            claimed = attrs.evolve(
+                chosen,
+                state="leased",
+                attempts=chosen.attempts + 1,
+                lease_owner=owner,
+                lease_until=self.now + length,
+                updated_at=self.now,
+            )
+            self.commands[chosen.command_id] = claimed
+            return claimed
+
+    def inbox_extend(
+        self, command_id: str, owner: str, *, lease: timedelta | None = None
+    ) -> Command:
+        length = self._duration(lease, LEASE)
+        command = attrs.evolve(
+            self._leased_by(command_id, owner),
+            lease_until=self.now + length,
+            updated_at=self.now,
+        )
+        self.commands[command_id] = command
+        return command
+
+    def inbox_complete(self, command_id: str, owner: str) -> Command:
+        command = self._released(self._leased_by(command_id, owner), "done")
+        self.commands[command_id] = command
+        return command
+
+    def inbox_fail(
+        self,
+        command_id: str,
+        owner: str,
+        error: str,
+        *,
+        retry_in: timedelta | None = None,
+        final: bool = False,
+    ) -> Command:
+        found = self._leased_by(command_id, owner)
+        if final or found.attempts >= MAX_ATTEMPTS:
+            command = self._released(found, "dead", last_error=error)
+        else:
+            backoff = min(SECOND * 2 ** (found.attempts - 1), BACKOFF_CAP)
+            pause = backoff if retry_in is None else retry_in
+            command = self._released(
+                found, "ready", last_error=error, available_at=self.now + pause
+            )
+        self.commands[command_id] = command
+        return command
+
+    def inbox_requeue(self, command_id: str) -> Command:
+        found = self.commands.get(command_id)
+        if found is None:
+            raise CommandNotFound(command_id)
+        if found.state in ("ready", "leased"):
+            return found
+        command = self._released(found, "ready", attempts=0, available_at=self.now)
+        self.commands[command_id] = command
+        return command
+
+    def inbox_get(self, command_id: str) -> Command | None:
+        return self.commands.get(command_id)
+
+    def inbox_list_commands(
+        self, *, session_id: str | None = None, state: str | None = None
+    ) -> list[Command]:
+        return sorted(
+            (
+                c
+                for c in self.commands.values()
+                if (session_id is None or c.session_id == session_id)
+                and (state is None or c.state == state)
+            ),
+            key=lambda c: c.seq,
+        )
+
+    def inbox_cleanup_inbox(self) -> list[str]:
+        old = sorted(
+            cid
+            for cid, c in self.commands.items()
+            if c.state in ("done", "dead") and c.updated_at + RETENTION <= self.now
+        )
+        for cid in old:
+            del self.commands[cid]
+        return old
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest moment after now at which a command becomes claimable (a retry time,
+        the end of a lease) or old enough for cleanup_inbox (retention)."""
+        times = [
+            {"ready": c.available_at, "leased": c.lease_until}.get(
+                c.state, c.updated_at + RETENTION
+            )
+            for c in self.commands.values()
+        ]
+        later = [t for t in times if t is not None and t > self.now]
+        return min(later) if later else None
+
 
 def probe(pid: int, start_time: int | None) -> bool:
     """A deterministic liveness verdict: ppid 101 is always dead."""
@@ -263,15 +541,20 @@ class Abort(Exception):
 # --------------------------------------------------------------------------- the machine
 
 
-class StoresAgree(RuleBasedStateMachine):
+class Lockstep(RuleBasedStateMachine):
+    """Stores of every backend and the model, one fake clock; no rules of its own."""
+
     def __init__(self) -> None:
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="ccr-prop-"))
         self.clock = FakeClock()
         self.model = Model(self.clock)
         self.stores: dict[str, Store] = {}
+        # Per backend: the seq each enqueue gave a command id, and the greatest seq given yet.
+        self.seqs: dict[str, dict[str, int]] = {name: {} for name in BACKENDS}
+        self.top_seq: dict[str, int] = dict.fromkeys(BACKENDS, 0)
+        self.checks = 0
 
-    @initialize()
     def open_all(self) -> None:
         for name in BACKENDS:
             self.stores[name] = self._open(name)
@@ -281,6 +564,7 @@ class StoresAgree(RuleBasedStateMachine):
             **backend_config(name, self.root / name),
             "session_ttl_hours": SESSION_TTL / timedelta(hours=1),
             "token_ttl_hours": TOKEN_TTL / timedelta(hours=1),
+            **INBOX_SETTINGS,
         }
         return open_store(config, clock=self.clock)
 
@@ -306,6 +590,58 @@ class StoresAgree(RuleBasedStateMachine):
                 f"{name} disagrees on {op}{args}{kwargs}: {got!r} != {expected!r}"
             )
         return expected
+
+    def in_backend(self, name: str, value: Any) -> Any:
+        """A model result with each command's seq replaced by the one ``name`` gave it."""
+        if isinstance(value, Command):
+            seq = self.seqs[name].get(value.command_id)
+            assert seq is not None, f"{name} never enqueued {value.command_id!r}"
+            return attrs.evolve(value, seq=seq)
+        if isinstance(value, list | tuple):
+            return type(value)(self.in_backend(name, item) for item in value)
+        return value
+
+    def apply_inbox(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``op`` on the model's inbox and on every store's; all must agree."""
+        expected: Any
+        try:
+            expected = getattr(self.model, f"inbox_{op}")(*args, **kwargs)
+        except RegistryError as exc:
+            expected = type(exc)
+        for name, store in self.stores.items():
+            try:
+                got: Any = getattr(store.inbox, op)(*args, **kwargs)
+            except RegistryError as exc:
+                got = type(exc)
+            if op == "enqueue" and isinstance(got, tuple) and got[1]:
+                # A new command: its seq is greater than every seq this store gave before.
+                command = got[0]
+                assert command.seq > self.top_seq[name], (
+                    f"{name} gave seq {command.seq} after {self.top_seq[name]}"
+                )
+                self.top_seq[name] = command.seq
+                self.seqs[name][command.command_id] = command.seq
+            want = self.in_backend(name, expected)
+            assert got == want, f"{name} disagrees on inbox.{op}{args}{kwargs}: {got!r} != {want!r}"
+        return expected
+
+    def aimed(self, command_id: str, owner: str, aim: bool) -> tuple[str, str]:
+        """With ``aim``, a leased command and its holder (so that most calls are legitimate)."""
+        leased = self.model.inbox_list_commands(state="leased")
+        if not aim or not leased:
+            return command_id, owner
+        index = COMMAND_POOL.index(command_id) if command_id in COMMAND_POOL else 0
+        chosen = leased[index % len(leased)]
+        assert chosen.lease_owner is not None
+        return chosen.command_id, chosen.lease_owner
+
+
+class StoresAgree(Lockstep):
+    """The session registry and the token store."""
+
+    @initialize()
+    def start(self) -> None:
+        self.open_all()
 
     # ----------------------------------------------------------------- rules
 
@@ -424,4 +760,195 @@ class StoresAgree(RuleBasedStateMachine):
                 assert got_tokens == model.tokens_for_session(sid), f"{name}: tokens of {sid!r}"
 
 
+class InboxAgree(Lockstep):
+    """The command inbox, with what decides whether a command may be enqueued or must die
+    (register, remove, both session cleanups), reopening and the clock.
+
+    A machine of its own, with few and dense rules: among the registry's and tokens' rules an
+    inbox rule was drawn so rarely that 40 examples of 30 steps hardly ever claimed a command
+    twice. The initial queue, the batches and the consumer turns are there for the same reason.
+    """
+
+    @initialize(batch=st.lists(st.tuples(enqueue_args, spoilers), max_size=5))
+    def start(self, batch: list[tuple[dict[str, Any], tuple[str, Any] | None]]) -> None:
+        self.open_all()
+        self.apply("register", "s1")
+        self.apply("register", "s2", ppid=101)  # probe() says ppid 101 is dead
+        self.enqueue(batch)
+
+    # ----------------------------------------------------------------- sessions
+
+    @rule(sid=st.sampled_from(["s1", "s2", "s3", "héllo ☕"]), ppid=st.sampled_from([100, 101]))
+    def register(self, sid: str, ppid: int) -> None:
+        self.apply("register", sid, ppid=ppid)
+
+    @rule(
+        how=st.sampled_from(["remove", "remove", "expired", "dead"]),
+        sid=st.sampled_from(["s1", "s2", "s3", "héllo ☕"]),
+        aim=st.booleans(),
+    )
+    def remove_sessions(self, how: str, sid: str, aim: bool) -> None:
+        """remove() (with ``aim`` a session with pending commands, if any has) or a cleanup."""
+        if how == "expired":
+            self.apply("cleanup_expired_sessions")
+        elif how == "dead":
+            self.apply("cleanup_dead_sessions", probe)
+        else:
+            pending = [
+                c.session_id
+                for c in self.model.inbox_list_commands()
+                if c.state in ("ready", "leased") and c.session_id is not None
+            ]
+            self.apply("remove", pending[-1] if aim and pending else sid)
+
+    @rule()
+    def reopen(self) -> None:
+        for name, store in self.stores.items():
+            store.close()
+            self.stores[name] = self._open(name)
+
+    @rule(step=inbox_steps)
+    def advance_clock(self, step: timedelta) -> None:
+        self.clock.advance(step)
+
+    @precondition(lambda self: self.model.next_deadline() is not None)
+    @rule(offset=st.sampled_from([-MS, timedelta(0), MS]))
+    def advance_to_deadline(self, offset: timedelta) -> None:
+        """Onto the next retry time, lease end or retention end: a millisecond before, exactly
+        at, or a millisecond after."""
+        deadline = self.model.next_deadline()
+        assert deadline is not None
+        target = deadline + offset
+        if target > self.clock.now:
+            self.clock.advance(target - self.clock.now)
+
+    # ----------------------------------------------------------------- inbox rules
+
+    @rule(batch=st.lists(st.tuples(enqueue_args, spoilers), min_size=1, max_size=4))
+    def enqueue(self, batch: list[tuple[dict[str, Any], tuple[str, Any] | None]]) -> None:
+        for args, spoiled in batch:
+            if spoiled is not None:
+                args = {**args, spoiled[0]: spoiled[1]}
+            self.apply_inbox("enqueue", **args)
+
+    def settle(self, cid: str, owner: str, action: tuple[Any, ...]) -> None:
+        """What a consumer does with a command it holds (or thinks it holds)."""
+        what, duration, error = action
+        if what == "extend":
+            self.apply_inbox("extend", cid, owner, lease=duration)
+        elif what == "complete":
+            self.apply_inbox("complete", cid, owner)
+        elif what == "fail-backoff":  # ready again after min(1 s * 2**(attempts-1), 5 min)
+            self.apply_inbox("fail", cid, owner, error)
+        elif what == "fail-retry":  # retry_in=None here is the backoff too
+            self.apply_inbox("fail", cid, owner, error, retry_in=duration)
+        elif what == "fail-final":
+            self.apply_inbox("fail", cid, owner, error, retry_in=duration, final=True)
+
+    @rule(turns=st.lists(st.tuples(claim_args, actions), min_size=1, max_size=3))
+    def consume(self, turns: list[tuple[tuple[str, timedelta | None], tuple[Any, ...]]]) -> None:
+        """Consumers take turns: each claims, then keeps the lease, extends it, completes or
+        fails the command."""
+        for (owner, lease), action in turns:
+            claimed = self.apply_inbox("claim", owner, lease=lease)
+            if isinstance(claimed, Command):
+                self.settle(claimed.command_id, owner, action)
+
+    @precondition(lambda self: bool(self.model.inbox_list_commands(state="leased")))
+    @rule(
+        cid=any_command_ids, owner=owners, aim=st.sampled_from([True, True, False]), action=actions
+    )
+    def act(self, cid: str, owner: str, aim: bool, action: tuple[Any, ...]) -> None:
+        """extend, complete or fail later: mostly a leased command by its holder (its lease may
+        have run out), else any id by any owner (LeaseLost, CommandNotFound)."""
+        cid, owner = self.aimed(cid, owner, aim)
+        self.settle(cid, owner, action)
+
+    @rule(cid=any_command_ids, aim=st.booleans())
+    def requeue(self, cid: str, aim: bool) -> None:
+        """requeue(); with ``aim`` a done or dead command, if there is one."""
+        finished = [c for c in self.model.inbox_list_commands() if c.state in ("done", "dead")]
+        if aim and finished:
+            index = COMMAND_POOL.index(cid) if cid in COMMAND_POOL else 0
+            cid = finished[index % len(finished)].command_id
+        self.apply_inbox("requeue", cid)
+
+    @rule()
+    def cleanup_inbox(self) -> None:
+        self.apply_inbox("cleanup_inbox")
+
+    @rule(
+        cid=any_command_ids,
+        owner=owners,
+        aim=st.booleans(),
+        sid=st.sampled_from(["s1", "s2"]),
+        inner_fails=st.booleans(),
+        outer_fails=st.booleans(),
+    )
+    def complete_in_unit(
+        self, cid: str, owner: str, aim: bool, sid: str, inner_fails: bool, outer_fails: bool
+    ) -> None:
+        """complete() and the store effect it stands for (a label on s3) commit together, or
+        neither does; a nested unit removing a session (its pending commands die) may fail
+        alone. A LeaseLost or CommandNotFound from complete() leaves the unit and undoes it."""
+        cid, owner = self.aimed(cid, owner, aim)
+        before = self.model
+        model = before.copy()
+        expected: Any = None
+        try:
+            model.inbox_complete(cid, owner)
+            model.register("s3", label=f"typed {cid}")
+            inner = model.copy()
+            inner.remove(sid)
+            if not inner_fails:
+                model = inner
+        except RegistryError as exc:
+            expected = type(exc)
+        for name, store in self.stores.items():
+            got: Any = None
+            try:
+                with store.atomic():
+                    store.inbox.complete(cid, owner)
+                    store.sessions.register("s3", label=f"typed {cid}")
+                    try:
+                        with store.atomic():
+                            store.sessions.remove(sid)
+                            if inner_fails:
+                                raise Abort
+                    except Abort:
+                        pass
+                    if outer_fails:
+                        raise Abort
+            except Abort:
+                pass
+            except RegistryError as exc:
+                got = type(exc)
+            assert got == expected, f"{name}: complete({cid!r}, {owner!r}) in a unit: {got!r}"
+        self.model = before if outer_fails or expected is not None else model
+
+    # ----------------------------------------------------------------- invariants
+
+    @precondition(lambda self: bool(self.stores))
+    @invariant()
+    def all_agree(self) -> None:
+        model = self.model
+        self.checks += 1
+        # One filter of each kind and one get() per step, in turn (each read takes the json
+        # lock); the id pool includes ids no command can have.
+        filters = {
+            "state": (None, *COMMAND_STATES)[self.checks % 5],
+            "session_id": (None, "s1", "s2", "héllo ☕")[self.checks % 4],
+        }
+        cid = (*COMMAND_POOL, "pane-\udcff")[self.checks % 6]
+        for name, store in self.stores.items():
+            assert store.sessions.list_sessions() == model.list_sessions(), name
+            want = self.in_backend(name, model.inbox_list_commands())
+            assert store.inbox.list_commands() == want, f"{name}: list_commands()"
+            want = self.in_backend(name, model.inbox_list_commands(**filters))
+            assert store.inbox.list_commands(**filters) == want, f"{name}: {filters}"
+            want = self.in_backend(name, model.inbox_get(cid))
+            assert store.inbox.get(cid) == want, f"{name}: get({cid!r})"
+
+
 TestStoresAgree = StoresAgree.TestCase
+TestInboxAgree = InboxAgree.TestCase

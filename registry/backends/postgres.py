@@ -310,6 +310,24 @@ class _Local(threading.local):
     dirty = False  # the open unit wrote something
 
 
+def _leave_parent_scopes(local: _Local) -> None:
+    """In a forked child: forget the parent's connection (kept referenced, never used).
+
+    :raises RegistryError: inside a unit the parent had begun before fork(): the child can
+        neither go on with it nor end it.
+    """
+    if local.pid == _PID or (local.conn is None and not local.depth):
+        return
+    if local.conn is not None:
+        _INHERITED.append(local.conn)  # a parent's connection, left as it is
+    begun = local.depth
+    local.conn = None
+    local.depth = local.reads = 0
+    local.pid = _PID
+    if begun:
+        raise RegistryError("a unit begun before fork() cannot go on in the child")
+
+
 class _ReadScope:
     """A read outside a unit takes a pooled connection (autocommit) and gives it back."""
 
@@ -320,6 +338,7 @@ class _ReadScope:
 
     def __enter__(self) -> None:
         local = self.store._local
+        _leave_parent_scopes(local)
         if local.pid == _PID:
             if local.depth:
                 return  # inside this thread's unit: the unit's connection answers
@@ -352,10 +371,7 @@ class _Unit:
     def __enter__(self) -> None:
         store = self.store
         local = store._local
-        if local.pid != _PID and local.conn is not None:
-            _INHERITED.append(local.conn)  # a parent's connection, left as it is
-            local.depth = local.reads = 0
-            local.conn = None
+        _leave_parent_scopes(local)
         depth = self.depth = local.depth
         try:
             if depth == 0:
@@ -523,10 +539,7 @@ class PostgresStore(BaseStore):
     def _take(self, local: _Local) -> psycopg.Connection[Any]:
         """Take a pooled connection for this thread's scope."""
         self._check_open()
-        if local.conn is not None and local.pid != _PID:
-            _INHERITED.append(local.conn)  # a parent's connection, left as it is
-            local.conn = None
-            local.depth = local.reads = 0
+        _leave_parent_scopes(local)
         try:
             conn = self._current_pool().getconn()
         except _DRIVER_ERRORS as exc:

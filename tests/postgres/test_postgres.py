@@ -227,3 +227,27 @@ def test_a_damaged_schema_is_refused_and_left_untouched(
         store.tokens.tokens_for_session("s1")
         store.inbox.list_commands()
     assert contents() == before
+
+
+def test_a_unit_begun_before_fork_cannot_go_on_in_the_child(config: dict[str, Any]) -> None:
+    import os
+
+    with open_store(config) as store:
+        with store.atomic():
+            store.sessions.register("parent")
+            pid = os.fork()
+            if pid == 0:  # the child: neither go on with the parent's unit nor end it
+                code = 1
+                try:
+                    store.sessions.register("child")
+                except RegistryError:
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            store.sessions.register("parent-again")  # the parent's unit goes on unharmed
+        assert {s.session_id for s in store.sessions.list_sessions()} == {
+            "parent",
+            "parent-again",
+        }

@@ -873,7 +873,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from registry.config import DUAL_KEYS, ENV_DATA_DIR, STORE_KEYS
+    from registry.config import DUAL_KEYS, ENV_DATA_DIR, POSTGRES_KEYS, STORE_KEYS
     from registry.errors import ConfigError
     from registry.hook import config_file_of
 
@@ -886,7 +886,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         rows.append(("error", str(exc), config_file_of(args.config, args.data_dir) or "defaults"))
         config = fallback_config(args)
     for key in STORE_KEYS:
-        if key == "dual":
+        if key in ("dual", "postgres"):
             continue
         value = getattr(config, key)
         if key == "data_dir" and args.data_dir:
@@ -911,6 +911,12 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         rows.append(
             (f"dual.{key}", getattr(config.dual, key), config.source if explicit else "default")
         )
+    for key in POSTGRES_KEYS:
+        explicit = f"postgres.{key}" in config.explicit
+        value = getattr(config.postgres, key)
+        if key == "dsn" and value is not None:
+            value = "(set, not shown)"  # a DSN may hold a password
+        rows.append((f"postgres.{key}", value, config.source if explicit else "default"))
     emit(
         args,
         {

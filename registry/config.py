@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
     from registry.backends._inbox import InboxSettings
 
-__all__ = ["BACKEND_NAMES", "CONFIG_FILE_NAME", "DualConfig", "StoreConfig", "default_data_dir"]
+__all__ = [
+    "BACKEND_NAMES",
+    "CONFIG_FILE_NAME",
+    "DualConfig",
+    "PostgresConfig",
+    "StoreConfig",
+    "default_data_dir",
+]
 
 # Spelled once, in registry.defaults (the hook reads them there without importing this module).
 # The names are not checked here: registry.factory is the one place that refuses a backend it
@@ -50,8 +57,13 @@ STORE_KEYS: Final = (
     "inbox_max_attempts",
     "inbox_retention_hours",
     "dual",
+    "postgres",
 )
 DUAL_KEYS: Final = ("primary", "secondary", "compare_reads", "strict")
+POSTGRES_KEYS: Final = ("dsn", "schema")
+# A schema name as the store spells it: unquoted PostgreSQL identifier rules, lower case (a
+# mixed-case name would need quoting in every psql session), at most 63 bytes.
+SCHEMA_NAME_RULE: Final = "lower-case letters, digits and _, not starting with a digit, 1 to 63"
 
 # Valid ranges, both ends included. The lock timeout ends at an hour: SQLite's busy timeout is a
 # C int of milliseconds, and a value past it silently became "do not wait at all"; below 1 ms
@@ -202,6 +214,56 @@ class DualConfig(_Frozen):
         return cls(**mapping)
 
 
+def _schema_name(value: object) -> str:
+    import re  # only when a postgres table is read
+
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        raise ConfigError(
+            f"store.postgres.schema = {shown(value)} is not valid: use {SCHEMA_NAME_RULE} "
+            "characters"
+        )
+    if value.startswith("pg_"):
+        raise ConfigError(
+            f"store.postgres.schema = {shown(value)} is not valid: names starting with pg_ "
+            "are reserved by PostgreSQL"
+        )
+    return value
+
+
+class PostgresConfig(_Frozen):
+    """``[store.postgres]``: where the postgres backend keeps its tables.
+
+    ``dsn`` is a libpq connection string or URI (None: not configured; opening the postgres
+    backend then raises a ConfigError). ``schema`` is created if missing.
+    """
+
+    __slots__ = POSTGRES_KEYS
+    _fields = POSTGRES_KEYS
+    dsn: str | None
+    schema: str
+
+    def __init__(self, *, dsn: str | None = None, schema: str = defaults.POSTGRES_SCHEMA) -> None:
+        if dsn is not None and (not isinstance(dsn, str) or not dsn.strip()):
+            raise ConfigError(
+                f"store.postgres.dsn must be a non-empty connection string, got {shown(dsn)}"
+            )
+        if isinstance(dsn, str) and "\x00" in dsn:
+            raise ConfigError("store.postgres.dsn must not contain a NUL character")
+        self._set(dsn=dsn, schema=_schema_name(schema))
+
+    def __repr__(self) -> str:
+        # A DSN may carry a password: never shown.
+        shown_dsn = None if self.dsn is None else "..."
+        return f"PostgresConfig(dsn={shown_dsn!r}, schema={self.schema!r})"
+
+    @classmethod
+    def from_mapping(cls, mapping: object) -> PostgresConfig:
+        if not isinstance(mapping, Mapping):
+            raise ConfigError("[store.postgres] must be a table")
+        _check_keys("store.postgres", mapping, POSTGRES_KEYS)
+        return cls(**mapping)
+
+
 class StoreConfig(_Frozen):
     """The resolved ``[store]`` table.
 
@@ -224,6 +286,7 @@ class StoreConfig(_Frozen):
     inbox_max_attempts: int
     inbox_retention_hours: float
     dual: DualConfig
+    postgres: PostgresConfig
     source: str
     explicit: frozenset[str]
 
@@ -242,11 +305,14 @@ class StoreConfig(_Frozen):
         inbox_max_attempts: int = defaults.INBOX_MAX_ATTEMPTS,
         inbox_retention_hours: float = defaults.INBOX_RETENTION_HOURS,
         dual: DualConfig | None = None,
+        postgres: PostgresConfig | None = None,
         source: str = SOURCE_DEFAULTS,
         explicit: frozenset[str] = frozenset(),
     ) -> None:
         if dual is not None and not isinstance(dual, DualConfig):
             raise ConfigError("store.dual must be a DualConfig")
+        if postgres is not None and not isinstance(postgres, PostgresConfig):
+            raise ConfigError("store.postgres must be a PostgresConfig")
         self._set(
             backend=_name("store.backend", backend),
             data_dir=_checked_path(
@@ -272,6 +338,7 @@ class StoreConfig(_Frozen):
                 "store.inbox_retention_hours", inbox_retention_hours, TTL_HOURS_RANGE
             ),
             dual=DualConfig() if dual is None else dual,
+            postgres=PostgresConfig() if postgres is None else postgres,
             source=source,
             explicit=frozenset(explicit),
         )
@@ -353,10 +420,13 @@ class StoreConfig(_Frozen):
         for key in ("sqlite_path", "legacy_inbox_dir"):
             if values.get(key) is not None:
                 values[key] = _path(f"store.{key}", values[key], base_dir)
-        explicit = set(values) - {"dual"}
+        explicit = set(values) - {"dual", "postgres"}
         if "dual" in values and not isinstance(values["dual"], DualConfig):
             values["dual"] = DualConfig.from_mapping(values["dual"])
             explicit |= {f"dual.{key}" for key in mapping["dual"]}
+        if "postgres" in values and not isinstance(values["postgres"], PostgresConfig):
+            values["postgres"] = PostgresConfig.from_mapping(values["postgres"])
+            explicit |= {f"postgres.{key}" for key in mapping["postgres"]}
         return cls(**values, source=source, explicit=frozenset(explicit))
 
     @classmethod

@@ -29,3 +29,7 @@ DUAL_PRIMARY = "json"
 DUAL_SECONDARY = "sqlite"
 DUAL_COMPARE_READS = True
 DUAL_STRICT = False
+POSTGRES_SCHEMA = "ccr"
+# Backends that come from entry points (group ccr_registry.backends) but that this
+# distribution provides itself, with the extra that installs their driver.
+PLUGIN_EXTRAS = {"postgres": "ccr-registry[postgres]"}

@@ -5,6 +5,7 @@ A backend added to ``BACKENDS`` gets the whole contract and property suites with
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from registry import Store, open_store
+from tests.helpers import pg as pg_helper
 
 # Hypothesis: a fixed example budget and no deadline in CI (a loaded 2-core runner must not turn
 # a slow fsync into a failure); a heavier profile for local soak runs.
@@ -63,9 +65,17 @@ NOT_STRINGS: list[Any] = [5, 2**64, None, b"s1", ["s1"], {"s1": 1}, 1.5]
 # escaped as ASCII JSON).
 LEGACY_SUMMARY = "é☕🦜日本" * 6000
 
+# The [store.postgres] table of the backends below that use PostgreSQL: the session's throwaway
+# server (tests/helpers/pg.py) fills in the dsn when it starts; backend_config() gives each
+# store location its own schema.
+POSTGRES_TABLE: dict[str, Any] = {"dsn": None, "schema": "ccr_shared"}
+# Why the postgres backends cannot run here (no server binaries, no psycopg), or None. Locally
+# their tests are skipped with this one reason; with CI=true they fail instead.
+POSTGRES_UNAVAILABLE = pg_helper.unavailable_reason()
+
 # Every backend the suites run against, by the [store] table that opens it (data_dir is added
-# per test). The dual backend runs both ways round.
-BACKENDS: dict[str, dict[str, Any]] = {
+# per test). The dual backend runs both ways round, with postgres on either side too.
+ALL_BACKENDS: dict[str, dict[str, Any]] = {
     "json": {"config": {"backend": "json"}},
     "sqlite": {"config": {"backend": "sqlite"}},
     "dual-json-sqlite": {
@@ -74,7 +84,49 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "dual-sqlite-json": {
         "config": {"backend": "dual", "dual": {"primary": "sqlite", "secondary": "json"}}
     },
+    "postgres": {"config": {"backend": "postgres", "postgres": POSTGRES_TABLE}},
+    "dual-postgres-sqlite": {
+        "config": {
+            "backend": "dual",
+            "dual": {"primary": "postgres", "secondary": "sqlite"},
+            "postgres": POSTGRES_TABLE,
+        }
+    },
+    "dual-sqlite-postgres": {
+        "config": {
+            "backend": "dual",
+            "dual": {"primary": "sqlite", "secondary": "postgres"},
+            "postgres": POSTGRES_TABLE,
+        }
+    },
 }
+USES_POSTGRES = frozenset(
+    name for name, entry in ALL_BACKENDS.items() if "postgres" in entry["config"]
+)
+# The backends that keep all their data in files under data_dir: the tests of file modes,
+# damaged files and file-system faults run on these (a postgres store has no files to test).
+FILE_BACKENDS = sorted(name for name in ALL_BACKENDS if name not in USES_POSTGRES)
+# The backends that can run here (the postgres ones only with a server and the driver).
+BACKENDS: dict[str, dict[str, Any]] = {
+    name: entry
+    for name, entry in ALL_BACKENDS.items()
+    if POSTGRES_UNAVAILABLE is None or name not in USES_POSTGRES
+}
+
+
+def postgres_schema(data_dir: Path | str) -> str:
+    """The schema of the store at ``data_dir``: one per location, as a directory is."""
+    digest = hashlib.blake2b(str(data_dir).encode(), digest_size=8).hexdigest()
+    return f"t_{digest}"
+
+
+def backend_config(name: str, data_dir: Path | str) -> dict[str, Any]:
+    """The [store] table of backend ``name`` keeping its data at ``data_dir`` (and, for a
+    postgres backend, in a schema of its own, so that two locations never share data)."""
+    config = {**BACKENDS[name]["config"], "data_dir": str(data_dir)}
+    if "postgres" in config:
+        config["postgres"] = {**config["postgres"], "schema": postgres_schema(data_dir)}
+    return config
 
 
 class FakeClock:
@@ -92,7 +144,12 @@ class FakeClock:
 
 
 def data_files(data_dir: Path) -> dict[str, bytes]:
-    """Every file that holds data in ``data_dir`` (not lock files or SQLite's shared memory)."""
+    """Every file that holds data in ``data_dir`` (not lock files or SQLite's shared memory).
+
+    Empty for a store that keeps nothing there (postgres alone never creates ``data_dir``).
+    """
+    if not data_dir.exists():
+        return {}
     return {
         path.name: path.read_bytes()
         for path in sorted(data_dir.iterdir())
@@ -116,9 +173,44 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(scope="session", autouse=True)
+def postgres_server() -> Iterator[pg_helper.PgServer | None]:
+    """The session's PostgreSQL server, when this machine can run one; stopped at the end."""
+    if POSTGRES_UNAVAILABLE is not None:
+        yield None
+        return
+    server = pg_helper.PgServer()
+    try:
+        server.start()
+        POSTGRES_TABLE["dsn"] = server.dsn
+        yield server
+    finally:
+        POSTGRES_TABLE["dsn"] = None
+        server.stop()
+
+
+def require_postgres() -> None:
+    """Skip (locally) or fail (CI) a test that needs PostgreSQL where it cannot run."""
+    if POSTGRES_UNAVAILABLE is not None:
+        message = f"PostgreSQL tests cannot run: {POSTGRES_UNAVAILABLE}"
+        if pg_helper.CI:
+            pytest.fail(message + " (CI=true: install postgresql and the [postgres] extra)")
+        pytest.skip(message)
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(str(POSTGRES_TABLE["dsn"]), autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=sorted(ALL_BACKENDS))
 def backend_name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    name = str(request.param)
+    if name in USES_POSTGRES:
+        require_postgres()
+    return name
 
 
 @pytest.fixture
@@ -127,8 +219,11 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store_config(backend_name: str, data_dir: Path) -> dict[str, Any]:
-    return {**BACKENDS[backend_name]["config"], "data_dir": str(data_dir)}
+def store_config(backend_name: str, data_dir: Path) -> Iterator[dict[str, Any]]:
+    config = backend_config(backend_name, data_dir)
+    yield config
+    if "postgres" in config:
+        drop_schema(config["postgres"]["schema"])
 
 
 OpenStore = Callable[..., Store]

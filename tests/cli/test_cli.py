@@ -373,15 +373,15 @@ def test_an_unknown_backend_in_a_config_file_is_refused_naming_the_file(
     run: Run, tmp_path: Path
 ) -> None:
     config = tmp_path / "odd.toml"
-    config.write_text(f'[store]\nbackend = "postgres"\ndata_dir = "{tmp_path / "d"}"\n')
+    config.write_text(f'[store]\nbackend = "mongodb"\ndata_dir = "{tmp_path / "d"}"\n')
     for args in (("sessions", "list"), ("sessions", "register", "s1")):
         done = run("--config", str(config), *args)
         assert done.returncode == 2
-        assert f"{config}: store.backend = 'postgres' is not valid" in done.stderr
+        assert f"{config}: store.backend = 'mongodb' is not valid" in done.stderr
         assert "choose one of: json, sqlite, dual" in done.stderr
     # The commands that inspect a config report it too, as a failed check or an error row.
     for args in (("doctor",), ("config", "show")):
         done = run("--config", str(config), "--json", *args)
         assert done.returncode == 1
-        assert f"{config}: store.backend = 'postgres' is not valid" in done.stdout
+        assert f"{config}: store.backend = 'mongodb' is not valid" in done.stdout
     assert not (tmp_path / "d").exists()

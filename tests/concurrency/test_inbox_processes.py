@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from registry import LeaseLost, open_store
-from tests.conftest import BACKENDS, FakeClock
+from tests.conftest import (
+    USES_POSTGRES,
+    FakeClock,
+    backend_config,
+    drop_schema,
+    require_postgres,
+)
 from tests.helpers.processes import Worker, start_together
 
 SESSIONS = [f"s{n}" for n in range(6)]
@@ -29,13 +35,15 @@ CONSUMERS = 4
 MS = timedelta(milliseconds=1)
 
 
-@pytest.fixture(params=["sqlite", "json"])
+@pytest.fixture(params=["sqlite", "json", "postgres"])
 def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    yield {
-        **BACKENDS[request.param]["config"],
-        "data_dir": str(tmp_path / "data"),
-        "lock_timeout_s": 60,
-    }
+    name = str(request.param)
+    if name in USES_POSTGRES:
+        require_postgres()
+    config = {**backend_config(name, tmp_path / "data"), "lock_timeout_s": 60}
+    yield config
+    if "postgres" in config:
+        drop_schema(config["postgres"]["schema"])
 
 
 def _enqueue_all(config: dict[str, Any]) -> dict[str, tuple[str, int]]:

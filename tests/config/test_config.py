@@ -87,7 +87,7 @@ def test_mapping_paths_are_expanded(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mapping", "message"),
     [
-        ({"backend": "postgres"}, "json, sqlite, dual"),
+        ({"backend": "mongodb"}, "json, sqlite, dual"),
         ({"bakend": "json"}, "valid keys: backend, data_dir"),
         ({"dual": {"primary": "json", "secondary": "json"}}, "must differ"),
         ({"dual": {"primary": "redis"}}, "json, sqlite"),
@@ -204,7 +204,7 @@ def test_a_value_out_of_range_in_a_file_names_the_file_the_key_and_the_range(
 @pytest.mark.parametrize(
     "body",
     [
-        'backend = "postgres"',
+        'backend = "mongodb"',
         "migrate_from_json = 1",
         "data_dir = 5",
         "bakend = 1",
@@ -271,7 +271,7 @@ def test_config_takes_any_backend_name_and_the_factory_refuses_an_unknown_one(
 ) -> None:
     # The one check is the factory's: the config only reads the name.
     for config in (
-        StoreConfig(backend="postgres", data_dir=tmp_path),
+        StoreConfig(backend="mongodb", data_dir=tmp_path),
         StoreConfig(data_dir=tmp_path, dual=DualConfig(primary="redis", secondary="json")),
         StoreConfig(data_dir=tmp_path, dual=DualConfig(primary="sqlite", secondary="dual")),
     ):
@@ -286,10 +286,10 @@ def test_a_backend_name_is_refused_naming_the_file_only_when_the_file_gave_it(
     tmp_path: Path,
 ) -> None:
     file = tmp_path / "named-config.toml"
-    file.write_text('[store]\nbackend = "postgres"\n')
+    file.write_text('[store]\nbackend = "mongodb"\n')
     config = StoreConfig.from_toml(file)
-    assert config.backend == "postgres"
-    with pytest.raises(ConfigError, match=r"^.*named-config\.toml: store\.backend = 'postgres'"):
+    assert config.backend == "mongodb"
+    with pytest.raises(ConfigError, match=r"^.*named-config\.toml: store\.backend = 'mongodb'"):
         open_store(config)
     file.write_text("[store]\nlock_timeout_s = 5\n")
     renamed = StoreConfig.from_toml(file).replace(backend="redis")
@@ -419,3 +419,65 @@ def test_inbox_keys_reach_the_store(tmp_path: Path) -> None:
         assert store.inbox.cleanup_inbox() == []
         clock.advance(seconds=1)  # a minute of retention
         assert store.inbox.cleanup_inbox() == ["c1"]
+
+
+# --------------------------------------------------------------------------- postgres settings
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"dsn": ""}, "store.postgres.dsn must be a non-empty connection string"),
+        ({"dsn": 5}, "store.postgres.dsn must be a non-empty connection string"),
+        ({"schema": "Mixed"}, r"store.postgres.schema = 'Mixed' is not valid: use lower-case"),
+        ({"schema": "1abc"}, "store.postgres.schema = '1abc' is not valid"),
+        ({"schema": 'a"; drop'}, "is not valid"),
+        ({"schema": "a" * 64}, "is not valid"),
+        ({"schema": "pg_temp"}, "reserved by PostgreSQL"),
+        ({"dns": "x"}, r"unknown key 'dns' in \[store.postgres\]; valid keys: dsn, schema"),
+        (5, r"\[store.postgres\] must be a table"),
+    ],
+)
+def test_bad_postgres_settings_are_config_errors(table: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        StoreConfig.from_mapping({"backend": "postgres", "postgres": table})
+
+
+def test_postgres_settings_default_and_never_show_the_dsn() -> None:
+    config = StoreConfig.from_mapping(
+        {"backend": "postgres", "postgres": {"dsn": "postgresql://u:secret@h/db"}}
+    )
+    assert config.postgres.schema == "ccr"
+    assert config.postgres.dsn == "postgresql://u:secret@h/db"
+    assert "secret" not in repr(config)
+
+
+def test_postgres_without_a_dsn_is_refused_naming_the_key(tmp_path: Path) -> None:
+    file = tmp_path / "pg.toml"
+    file.write_text('[store]\nbackend = "postgres"\n[store.postgres]\nschema = "mine"\n')
+    with pytest.raises(ConfigError, match=r"store\.postgres\.dsn is required"):
+        open_store(file)
+
+
+def test_an_installed_backend_is_found_through_its_entry_point() -> None:
+    from registry.factory import installed_backends
+
+    entry = installed_backends()["postgres"]
+    assert entry.value == "registry.backends.postgres:open_backend"
+    # An unknown name lists the built-in and the installed ones.
+    with pytest.raises(ConfigError, match="choose one of: json, sqlite, dual, postgres"):
+        open_store({"backend": "mongodb"})
+    with pytest.raises(ConfigError, match="choose one of: json, sqlite, postgres"):
+        open_store({"dual": {"primary": "json", "secondary": "mongodb"}})
+
+
+def test_a_missing_driver_is_a_config_error_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    # None in sys.modules makes the import fail as if the package were not installed.
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "registry.backends.postgres", raising=False)
+    with pytest.raises(ConfigError, match=r"ccr-registry\[postgres\]"):
+        open_store({"backend": "postgres", "postgres": {"dsn": "host=/nowhere"}})

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from registry import RegistryError, Store, StoreCorrupted, Transport
-from tests.conftest import FakeClock, OpenStore, data_files
+from tests.conftest import FILE_BACKENDS, FakeClock, OpenStore, data_files
 
 
 class Boom(Exception):
@@ -196,6 +196,7 @@ def _corrupt(path: Path) -> bytes:
     return garbage
 
 
+@pytest.mark.parametrize("backend_name", FILE_BACKENDS)
 def test_corrupt_data_file_is_refused_and_left_untouched(
     open_: OpenStore, data_dir: Path, store_config: dict[str, Any]
 ) -> None:
@@ -221,6 +222,7 @@ def test_corrupt_data_file_is_refused_and_left_untouched(
             (data_dir / restored).write_bytes(content)
 
 
+@pytest.mark.parametrize("backend_name", FILE_BACKENDS)
 def test_new_files_are_private(open_: OpenStore, data_dir: Path) -> None:
     store = open_()
     store.sessions.register("s1")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from registry import RegistryError, open_store
+from tests.conftest import FILE_BACKENDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,7 @@ def test_many_processes_creating_one_data_dir_all_succeed(tmp_path: Path) -> Non
         assert stat.S_IMODE(target.stat().st_mode) == 0o700
 
 
+@pytest.mark.parametrize("backend_name", FILE_BACKENDS)
 def test_data_dir_that_is_a_file_is_refused(store_config: dict[str, Any], data_dir: Path) -> None:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     data_dir.write_text("I am a file")

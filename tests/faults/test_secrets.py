@@ -21,7 +21,7 @@ import pytest
 from registry import RegistryError, TokenInvalid, open_store
 from registry.janitor import Janitor
 from registry.migrate import export_json, import_json, stored_report
-from tests.conftest import BACKENDS, FakeClock
+from tests.conftest import BACKENDS, FakeClock, backend_config
 
 SCRIPT = Path(sys.executable).parent / "ccr-registry"
 
@@ -36,8 +36,8 @@ def test_no_raw_token_leaks(
     minted: list[str] = []
     written: list[str] = []  # everything the project printed, raised or reported
 
-    for name, entry in BACKENDS.items():
-        config: dict[str, Any] = {**entry["config"], "data_dir": str(tmp_path / name)}
+    for name in BACKENDS:
+        config: dict[str, Any] = backend_config(name, tmp_path / name)
         with open_store(config, clock=clock) as store:
             store.sessions.register("s1", ppid=2**22 + 5)
             token = store.tokens.mint_token("s1", 7, ttl=timedelta(minutes=5))
@@ -50,7 +50,7 @@ def test_no_raw_token_leaks(
                     written.append(f"{type(exc).__name__}: {exc}")
             if hasattr(store, "secondary"):
                 with open_store(
-                    {"backend": store.secondary.backend, "data_dir": config["data_dir"]},
+                    {**config, "backend": store.secondary.backend},
                     clock=clock,
                 ) as side:
                     side.tokens.revoke_token(token.token)  # drift: the next read logs it

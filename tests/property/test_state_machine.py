@@ -49,7 +49,14 @@ from registry import (
     ValidationError,
     open_store,
 )
-from tests.conftest import BACKENDS, BEYOND_INT64, INVALID_UNICODE, ODD_TEXT, FakeClock
+from tests.conftest import (
+    BACKENDS,
+    BEYOND_INT64,
+    INVALID_UNICODE,
+    ODD_TEXT,
+    FakeClock,
+    backend_config,
+)
 
 SESSION_TTL = timedelta(hours=2)
 TOKEN_TTL = timedelta(hours=1)
@@ -555,8 +562,7 @@ class Lockstep(RuleBasedStateMachine):
 
     def _open(self, name: str) -> Store:
         config = {
-            **BACKENDS[name]["config"],
-            "data_dir": str(self.root / name),
+            **backend_config(name, self.root / name),
             "session_ttl_hours": SESSION_TTL / timedelta(hours=1),
             "token_ttl_hours": TOKEN_TTL / timedelta(hours=1),
             **INBOX_SETTINGS,

@@ -855,6 +855,15 @@ class InboxAgree(Lockstep):
             if isinstance(claimed, Command):
                 self.settle(claimed.command_id, owner, action)
 
+    @rule(dying=st.lists(owners, min_size=1, max_size=MAX_ATTEMPTS + 1))
+    def crash_loop(self, dying: list[str]) -> None:
+        """Consumers that die on what they claim: each claims with a one-second lease and is
+        never heard of again; the lease runs out. Past inbox_max_attempts claims, the command
+        is given up on at the next claim."""
+        for owner in dying:
+            self.apply_inbox("claim", owner, lease=SECOND)
+            self.clock.advance(SECOND)
+
     @precondition(lambda self: bool(self.model.inbox_list_commands(state="leased")))
     @rule(
         cid=any_command_ids, owner=owners, aim=st.sampled_from([True, True, False]), action=actions

@@ -347,6 +347,12 @@ def main() -> None:
         from inbox import run_inbox  # the command inbox, bench/inbox.py
 
         inbox = run_inbox(scratch / "inbox", quick=args.quick)
+        try:  # the postgres backend, bench/postgres.py: its own throwaway server
+            from postgres import run_postgres
+        except ImportError as exc:  # no psycopg
+            postgres: dict[str, Any] = {"unavailable": str(exc)}
+        else:
+            postgres = run_postgres(scratch / "postgres", quick=args.quick)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.time() - started
@@ -369,6 +375,7 @@ def main() -> None:
         "contention": {n: {str(p): v for p, v in by.items()} for n, by in contention.items()},
         "hook_burst": {str(p): v for p, v in bursts.items()},
         "inbox": inbox,
+        "postgres": postgres,
         "hook_startup": {
             name: {"median_ms": median, "p90_ms": p90} for name, (median, p90) in startup.items()
         },
@@ -378,6 +385,12 @@ def main() -> None:
 
         for name, value, met, json_side in target_rows(results):
             print(f"{name:<58} sqlite {value:>7} {met:<12} json {json_side}")
+        if "unavailable" in postgres:
+            print(f"postgres: not measured: {postgres['unavailable']}")
+        else:
+            from postgres import report_lines
+
+            print("\n".join(report_lines(postgres)))
         return
     from report import write_report
 
@@ -386,6 +399,11 @@ def main() -> None:
 
     inbox_out = Path(args.out).with_name("inbox-benchmarks.md")
     write_inbox_report(inbox, inbox_out, machine=results["machine"], command=results["command"])
+    if "unavailable" not in postgres:
+        from postgres import write_report as write_postgres_report
+
+        postgres_out = Path(args.out).with_name("postgres-benchmarks.md")
+        write_postgres_report(postgres, postgres_out, results["command"])
     print(f"wrote {args.out} in {elapsed:.0f} s")
 
 

@@ -195,6 +195,13 @@ class StorageBackend(ABC):
         """Inside a write unit: a ``seq`` greater than any ever saved in this store (from 1)."""
 
     @abstractmethod
+    def reserve_command_seq(self, next_seq: int) -> None:
+        """Inside a write unit: a later :meth:`next_command_seq` returns at least ``next_seq``.
+
+        It never lowers the next seq (a copy carries the source's counter over, SPEC 6).
+        """
+
+    @abstractmethod
     def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
         """Commands of that session and/or in that state (None: any), ordered by ``seq``."""
 

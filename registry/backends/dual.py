@@ -439,6 +439,10 @@ class DualStore(BaseStore):
                 self._secondary_failed("read", exc)
         return seq
 
+    def reserve_command_seq(self, next_seq: int) -> None:
+        self.primary.reserve_command_seq(next_seq)
+        self._mirror(lambda: self._side.reserve_command_seq(next_seq))
+
     def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
         def select(side: BaseStore) -> list[Command]:
             return side.select_commands(session_id=session_id, state=state)

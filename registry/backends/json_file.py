@@ -965,6 +965,12 @@ class JsonStore(BaseStore):
     def next_command_seq(self) -> int:
         return self._state().next_seq
 
+    def reserve_command_seq(self, next_seq: int) -> None:
+        state = self._state()
+        if next_seq > state.next_seq:
+            state.next_seq = next_seq
+            state.commands_changed = True
+
     def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
         found = [
             c

@@ -194,6 +194,10 @@ NEXT_SEQ: Final = (
     "SELECT GREATEST((SELECT COALESCE(max(seq), 0) FROM commands),"
     " (SELECT value::bigint FROM meta WHERE key = 'command_seq')) + 1"
 )
+# A copy carries the source's next seq over: meta's command_seq is raised, never lowered.
+RESERVE_SEQ: Final = (
+    "UPDATE meta SET value = GREATEST(value::bigint, %s)::text WHERE key = 'command_seq'"
+)
 # Before a delete: remember the largest seq going away.
 KEEP_DELETED_SEQ: Final = (
     "UPDATE meta SET value = GREATEST(value::bigint,"
@@ -739,6 +743,20 @@ class PostgresStore(BaseStore):
         )
         return [decode_token(row) for row in rows.fetchall()]
 
+    def snapshot(self) -> tuple[list[Session], list[Token]]:
+        """Every session and token, read inside one write unit (joined when one is open).
+
+        Reads run each statement on its own snapshot; the unit's advisory lock keeps every
+        writer out between the two statements, so they show one moment (verify, copy).
+        """
+        with self.writing(savepoint=False):
+            conn = self._conn()
+            sessions = conn.execute(f"SELECT {SESSION_COLUMNS} FROM sessions {ORDER}").fetchall()
+            tokens = conn.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY session_id, created_at, token"
+            ).fetchall()
+        return [decode_pg_session(row) for row in sessions], [decode_token(row) for row in tokens]
+
     def delete_expired_tokens(self, now: datetime) -> int:
         self._local.dirty = True
         cursor = self._conn().execute("DELETE FROM tokens WHERE expires_at <= %s", (to_ms(now),))
@@ -758,6 +776,10 @@ class PostgresStore(BaseStore):
         row = self._conn().execute(NEXT_SEQ).fetchone()
         assert row is not None
         return int(row[0])
+
+    def reserve_command_seq(self, next_seq: int) -> None:
+        self._local.dirty = True
+        self._conn().execute(RESERVE_SEQ, (next_seq - 1,))
 
     def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
         where: list[str] = []

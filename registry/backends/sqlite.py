@@ -778,6 +778,19 @@ class SqliteStore(BaseStore):
     def next_command_seq(self) -> int:
         return int(self._conn().execute(NEXT_SEQ).fetchone()[0])
 
+    def reserve_command_seq(self, next_seq: int) -> None:
+        conn = self._conn()
+        if int(conn.execute(NEXT_SEQ).fetchone()[0]) >= next_seq:
+            return
+        # sqlite_sequence has the row once a command was ever inserted; else it is added.
+        updated = conn.execute(
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'commands'", (next_seq - 1,)
+        )
+        if updated.rowcount == 0:
+            conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('commands', ?)", (next_seq - 1,)
+            )
+
     def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
         # Plain ``?`` with only the given values: a statement numbering ``?1`` alone takes one
         # binding, and sqlite3 refuses a second one.

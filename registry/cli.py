@@ -792,6 +792,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_copy(args: argparse.Namespace) -> int:
+    """Copy the configured store into the store of ``--to`` (SPEC 6), which must be empty."""
+    from registry.config import StoreConfig
+    from registry.factory import open_store, store_exists
+    from registry.migrate import copy_store
+
+    config = load_config(args)
+    target = StoreConfig.resolve(args.to)
+    if not store_exists(config):
+        raise CommandError(f"{config.source}: no store at {config.data_dir}", EXIT_STORE)
+    src = open_store(config)
+    try:
+        dst = open_store(target)
+    except BaseException:
+        src.close()
+        raise
+    names = (f"{config.backend} ({config.source})", f"{dst.backend} ({args.to})")
+    with src, dst:
+        report = copy_store(src, dst, progress=progress_reporter("copy"))
+    document = {"from": names[0], "to": names[1], **report.to_dict()}
+
+    def human() -> str:
+        lines = [
+            f"copied {report.sessions} session(s), {report.tokens} token(s) and "
+            f"{report.commands} command(s) from {names[0]} to {names[1]}; "
+            f"next seq {report.next_seq}"
+        ]
+        if report.differences:
+            lines.append(f"{len(report.differences)} difference(s) after the copy:")
+            lines.extend(f"  {printable(d)}" for d in report.differences)
+        else:
+            lines.append("no differences after the copy")
+        return "\n".join(lines)
+
+    emit(args, document, human)
+    return EXIT_NOT_FOUND if report.differences else EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from registry.config import StoreConfig
     from registry.factory import open_store, store_exists
@@ -1178,6 +1216,19 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         "is, since the legacy daemon never reads that file",
     )
     export.set_defaults(func=cmd_export)
+    copy = commands.add_parser(
+        "copy",
+        parents=[output],
+        help="copy the whole store into another, empty one",
+        description="Copy every session, token and command of the configured store, from one "
+        "consistent snapshot, into the store that CONFIG's [store] table names (any backend), "
+        "then compare the two. The destination must be empty: one holding a session or a "
+        "command is refused and left untouched (exit 3). Exit 1 if the copy differs.",
+    )
+    copy.add_argument(
+        "--to", required=True, metavar="CONFIG", help="a TOML file naming the destination"
+    )
+    copy.set_defaults(func=cmd_copy)
     verify = commands.add_parser("verify", parents=[output], help="diff the cutover's two sides")
     verify.add_argument("--against", metavar="CONFIG", help="diff against another config file")
     verify.set_defaults(func=cmd_verify)

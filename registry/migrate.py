@@ -33,6 +33,7 @@ from typing import Any, Final
 import attrs
 import filelock
 
+from registry.backends._base import BaseStore
 from registry.backends.json_file import (
     INBOX_FILE,
     LOCK_FILE,
@@ -62,11 +63,14 @@ from registry.protocols import Store
 from registry.validation import check_key
 
 __all__ = [
+    "CopyReport",
     "Difference",
     "ImportStatus",
     "MigrationReport",
     "Progress",
     "SkippedRecord",
+    "StoreNotEmpty",
+    "copy_store",
     "diff_stores",
     "export_json",
     "import_json",
@@ -1162,8 +1166,17 @@ def diff_stores(
     is called with ``(records compared, records in all)``.
     :raises RegistryError: if either store cannot be read.
     """
-    sessions_a, tokens_a, commands_a = _records(a)
-    sessions_b, tokens_b, commands_b = _records(b)
+    return _diff(_records(a), _records(b), progress)
+
+
+_Records = tuple[list[Session], list[Token], list[Command]]
+
+
+def _diff(
+    records_a: _Records, records_b: _Records, progress: Callable[[int, int], None] | None
+) -> list[Difference]:
+    sessions_a, tokens_a, commands_a = records_a
+    sessions_b, tokens_b, commands_b = records_b
     total = len(sessions_a) + len(sessions_b) + len(tokens_a) + len(tokens_b)
     total += len(commands_a) + len(commands_b)
     counter = _Progress(progress, total)
@@ -1251,3 +1264,116 @@ def _diff_records(
             yield Difference(
                 kind=kind, key=key_a, field=name, a=getattr(left, name), b=getattr(right, name)
             )
+
+
+# --------------------------------------------------------------------------- copy
+
+
+class StoreNotEmpty(RegistryError):
+    """``copy_store`` refuses a destination that already holds sessions or commands."""
+
+
+@attrs.frozen(kw_only=True)
+class CopyReport:
+    """What :func:`copy_store` copied, and how the destination differs from the snapshot."""
+
+    sessions: int
+    tokens: int
+    commands: int
+    next_seq: int  # the source's next seq, carried over to the destination
+    differences: tuple[Difference, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions,
+            "tokens": self.tokens,
+            "commands": self.commands,
+            "next_seq": self.next_seq,
+            "differences": [d.to_json() for d in self.differences],
+        }
+
+
+def _backend(store: Store, side: str) -> BaseStore:
+    if not isinstance(store, BaseStore):
+        raise RegistryError(f"copy: the {side} is not a store of this package")
+    return store
+
+
+def _snapshot(src: BaseStore) -> tuple[_Records, int]:
+    """Every session, token and command of ``src`` and its next seq, as of one moment.
+
+    sqlite reads in one read transaction (writers go on meanwhile). Every other backend reads
+    inside one write unit: it holds the store's write lock (json's file lock, postgres's
+    advisory lock, both for dual), so no writer commits between the reads, and the unit writes
+    nothing. A store with ``snapshot()`` (json) gives its sessions and tokens in one read; any
+    other lists each session's tokens.
+    """
+    with_inbox = getattr(src, "snapshot_with_inbox", None)
+    if callable(with_inbox):
+        sessions, tokens, commands, next_seq = with_inbox()
+        return (list(sessions), list(tokens), list(commands)), int(next_seq)
+    now = src._now()
+    with src.writing(savepoint=False):
+        snapshot = getattr(src, "snapshot", None)
+        if callable(snapshot):
+            sessions, tokens = snapshot()
+            sessions, tokens = list(sessions), list(tokens)
+        else:
+            sessions = src.select_sessions(now, active_only=False, notify_only=False)
+            tokens = [t for s in sessions for t in src.tokens_of(s.session_id)]
+        commands = src.select_commands(session_id=None, state=None)
+        next_seq = src.next_command_seq()
+    return (sessions, tokens, commands), next_seq
+
+
+def copy_store(
+    src: Store, dst: Store, *, progress: Callable[[int, int], None] | None = None
+) -> CopyReport:
+    """Copy every session, token and command of ``src`` into the empty store ``dst`` (SPEC 6).
+
+    ``src`` is read as of one moment (see :func:`_snapshot`); the records are written exactly
+    (timestamps, state, lease, attempts and each command's ``seq``) in one write unit of
+    ``dst``, so a failure leaves ``dst`` as it was. ``dst``'s next seq continues after the
+    source's. Then ``dst`` is read back and compared with the snapshot (not with ``src``, which
+    may have changed since): :attr:`CopyReport.differences` is empty when the copy is exact.
+    ``progress`` is called with ``(records done, records in all)``: the records written, then
+    those compared.
+
+    :raises StoreNotEmpty: if ``dst`` holds a session or a command; nothing is written.
+    :raises RegistryError: if either store cannot be read or written.
+    """
+    source, target = _backend(src, "source"), _backend(dst, "destination")
+    if source is target:
+        raise RegistryError("copy: the source and the destination are the same store")
+    records, next_seq = _snapshot(source)
+    sessions, tokens, commands = records
+    commands = sorted(commands, key=lambda c: c.seq)
+    total = len(sessions) + len(tokens) + len(commands)
+    counter = _Progress(progress, total)
+    now = target._now()
+    with target.writing(savepoint=False):
+        held = target.select_sessions(now, active_only=False, notify_only=False, limit=1)
+        if held or target.select_commands(session_id=None, state=None):
+            raise StoreNotEmpty(
+                f"copy: the destination ({target.backend}) already holds "
+                f"{'sessions' if held else 'commands'}; copy only into an empty store"
+            )
+        for session in sessions:
+            target.save_session(session)
+            counter.add(1)
+        for token in tokens:
+            target.save_token(token)
+            counter.add(1)
+        for command in commands:
+            target.save_command(command)
+            counter.add(1)
+        target.reserve_command_seq(next_seq)
+    counter.finish()
+    differences = _diff(records, _records(target), progress)
+    return CopyReport(
+        sessions=len(sessions),
+        tokens=len(tokens),
+        commands=len(commands),
+        next_seq=next_seq,
+        differences=tuple(differences),
+    )

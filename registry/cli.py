@@ -715,6 +715,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         "lock_timeout_s": max(config.lock_timeout_s, 60),
         "progress": progress_reporter("import"),
         "inbox_dir": config.inbox_dir,
+        "host_id": config.host_id,
     }
     if args.reimport and config.db_path.exists():
         report = reimport_json(config.data_dir, config.db_path, **options)
@@ -782,7 +783,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     out = Path(args.out).expanduser()
-    export_json(config.db_path, out, progress=progress_reporter("export"), inbox=args.inbox)
+    export_json(
+        config.db_path,
+        out,
+        progress=progress_reporter("export"),
+        inbox=args.inbox,
+        host_id=config.host_id,
+    )
     written = " (with ccr-inbox.json)" if args.inbox else ""
     emit(
         args,

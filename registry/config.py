@@ -14,8 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from registry import defaults
-from registry.errors import ConfigError
-from registry.validation import shown
+from registry.errors import ConfigError, ValidationError
+from registry.validation import check_key, shown
 
 # Imported for annotations only: importing typing costs a hook process measurable start-up.
 TYPE_CHECKING = False
@@ -52,6 +52,7 @@ STORE_KEYS: Final = (
     "token_ttl_hours",
     "lock_timeout_s",
     "migrate_from_json",
+    "host_id",
     "legacy_inbox_dir",
     "inbox_lease_s",
     "inbox_max_attempts",
@@ -113,6 +114,14 @@ def _count(name: str, value: object, valid: tuple[int, int]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {shown(value)}")
     return value
+
+
+def _host_id(value: object) -> str:
+    # Validated like an id (SPEC 2): it is stored in every session and command.
+    try:
+        return check_key("store.host_id", value)
+    except ValidationError as exc:
+        raise ConfigError(f"store.host_id = {shown(value)} is not valid: {exc}") from exc
 
 
 def _bool(name: str, value: object) -> bool:
@@ -281,6 +290,7 @@ class StoreConfig(_Frozen):
     token_ttl_hours: float
     lock_timeout_s: float
     migrate_from_json: bool
+    host_id: str
     legacy_inbox_dir: Path | None
     inbox_lease_s: float
     inbox_max_attempts: int
@@ -300,6 +310,7 @@ class StoreConfig(_Frozen):
         token_ttl_hours: float = defaults.TOKEN_TTL_HOURS,
         lock_timeout_s: float = defaults.LOCK_TIMEOUT_S,
         migrate_from_json: bool = defaults.MIGRATE_FROM_JSON,
+        host_id: str | None = None,
         legacy_inbox_dir: Path | None = None,
         inbox_lease_s: float = defaults.INBOX_LEASE_S,
         inbox_max_attempts: int = defaults.INBOX_MAX_ATTEMPTS,
@@ -327,6 +338,7 @@ class StoreConfig(_Frozen):
             token_ttl_hours=_number("store.token_ttl_hours", token_ttl_hours, TTL_HOURS_RANGE),
             lock_timeout_s=_number("store.lock_timeout_s", lock_timeout_s, LOCK_TIMEOUT_S_RANGE),
             migrate_from_json=_bool("store.migrate_from_json", migrate_from_json),
+            host_id=_host_id(defaults.host_id() if host_id is None else host_id),
             legacy_inbox_dir=None
             if legacy_inbox_dir is None
             else _checked_path("store.legacy_inbox_dir", legacy_inbox_dir),

@@ -3,12 +3,14 @@
 The one place each is spelled: :mod:`registry.config` gives ``StoreConfig`` these defaults,
 :mod:`registry.factory` keys its backends by :data:`BACKEND_NAMES`, the command line offers them
 as choices, and the hook's fast path (:mod:`registry.hook`) reads them without importing the
-config module (which imports pathlib and datetime) or anything else: this module imports nothing.
+config module (which imports pathlib and datetime) or anything else: this module imports nothing
+at import time (:func:`host_id` imports os and socket when called).
 """
 
 CONFIG_FILE_NAME = "ccr-registry.toml"
 ENV_CONFIG = "CCR_REGISTRY_CONFIG"
 ENV_DATA_DIR = "CCR_DATA_DIR"
+ENV_HOST_ID = "CCR_HOST_ID"
 DATA_DIR = "~/.ccr"
 DB_FILE_NAME = "ccr.db"
 # The built-in backends, in the order error messages and ``--help`` list them. A dual store's
@@ -33,3 +35,15 @@ POSTGRES_SCHEMA = "ccr"
 # Backends that come from entry points (group ccr_registry.backends) but that this
 # distribution provides itself, with the extra that installs their driver.
 PLUGIN_EXTRAS = {"postgres": "ccr-registry[postgres]"}
+
+
+def host_id() -> str:
+    """The default ``host_id``: ``$CCR_HOST_ID`` if set and not empty, else the hostname."""
+    import os
+
+    value = os.environ.get(ENV_HOST_ID)
+    if value:
+        return value
+    import socket
+
+    return socket.gethostname()

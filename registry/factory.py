@@ -35,6 +35,7 @@ def _open_json(config: StoreConfig, clock: Clock) -> BaseStore:
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
         inbox=config.inbox_settings,
+        host_id=config.host_id,
         lock_timeout_s=config.lock_timeout_s,
     )
 
@@ -55,6 +56,7 @@ def _open_sqlite(config: StoreConfig, clock: Clock) -> BaseStore:
                 config.data_dir,
                 config.db_path,
                 inbox_dir=config.inbox_dir,
+                host_id=config.host_id,
                 session_ttl=config.session_ttl,
                 token_ttl=config.token_ttl,
                 lock_timeout_s=max(config.lock_timeout_s, 60),
@@ -68,6 +70,7 @@ def _open_sqlite(config: StoreConfig, clock: Clock) -> BaseStore:
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
         inbox=config.inbox_settings,
+        host_id=config.host_id,
         lock_timeout_s=config.lock_timeout_s,
     )
 
@@ -101,6 +104,7 @@ def _open_dual(config: StoreConfig, clock: Clock) -> BaseStore:
         session_ttl=config.session_ttl,
         token_ttl=config.token_ttl,
         inbox=config.inbox_settings,
+        host_id=config.host_id,
     )
 
 

@@ -214,12 +214,15 @@ def read_hook_input() -> dict[str, Any]:
 class Target:
     """What the fast path needs to know about the configured store."""
 
-    __slots__ = ("db_path", "lock_timeout_s", "session_ttl_ms")
+    __slots__ = ("db_path", "host_id", "lock_timeout_s", "session_ttl_ms")
 
-    def __init__(self, db_path: str, session_ttl_ms: int, lock_timeout_s: float) -> None:
+    def __init__(
+        self, db_path: str, session_ttl_ms: int, lock_timeout_s: float, host_id: str
+    ) -> None:
         self.db_path = db_path
         self.session_ttl_ms = session_ttl_ms
         self.lock_timeout_s = lock_timeout_s
+        self.host_id = host_id
 
 
 def data_dir_of(given: str | None) -> str:
@@ -276,6 +279,7 @@ def fast_target(options: Options) -> Target | None:
         db_path,
         session_ttl_ms=int(defaults.SESSION_TTL_HOURS * 3_600_000),
         lock_timeout_s=min(defaults.LOCK_TIMEOUT_S, HOOK_LOCK_TIMEOUT_S),
+        host_id=defaults.host_id(),
     )
 
 
@@ -302,6 +306,7 @@ def slow_path(options: Options, data: dict[str, Any], warnings: list[str]) -> No
             str(config.db_path),
             session_ttl_ms=int(config.session_ttl.total_seconds() * 1000),
             lock_timeout_s=config.lock_timeout_s,
+            host_id=config.host_id,
         )
         assert options.event is not None
         if fast_path(target, options.event, data, options.notify, warnings):
@@ -353,6 +358,7 @@ def fast_path(
     from registry.validation import check_key
 
     session_id = check_key("session_id", data["session_id"])
+    host = check_key("host_id", target.host_id)  # $CCR_HOST_ID may hold anything
     path = target.db_path  # a str: this process never imports pathlib (see sqlite_sql)
     with sql.translated(path):
         conn = sql.connect(path, target.lock_timeout_s)
@@ -374,7 +380,7 @@ def fast_path(
         # details as compact JSON.
         columns = sql.encode_given(hook_session(data, notify, legacy=False, warnings=warnings))
         with sql.transaction(conn, path):
-            sql.register_row(conn, session_id, columns, now, expires_at)
+            sql.register_row(conn, session_id, columns, now, expires_at, host)
         return True
     finally:
         conn.close()

@@ -33,6 +33,7 @@ from typing import Any, Final
 import attrs
 import filelock
 
+from registry import defaults
 from registry.backends._base import BaseStore
 from registry.backends.json_file import (
     INBOX_FILE,
@@ -306,7 +307,9 @@ def read_legacy(
     return sessions, tokens, skipped, sources
 
 
-def _parse_json_inbox(path: Path, raw: bytes | None) -> tuple[list[Command], int]:
+def _parse_json_inbox(
+    path: Path, raw: bytes | None, host: str | None = None
+) -> tuple[list[Command], int]:
     """The commands of ``ccr-inbox.json`` by ``seq``, and its next seq (1 with no file).
 
     The file is this project's own: its commands are taken exactly as they are (seq, state,
@@ -315,7 +318,7 @@ def _parse_json_inbox(path: Path, raw: bytes | None) -> tuple[list[Command], int
     if raw is None:
         return [], 1
     try:
-        document = parse_inbox(path, raw)
+        document = parse_inbox(path, raw, host=host)
     except RegistryError as exc:
         raise MigrationError(f"{exc}; nothing imported") from exc
     commands: list[Command] = sorted(document.records.values(), key=lambda c: c.seq)
@@ -330,6 +333,7 @@ def _read_json_side(
     lock_timeout_s: float,
     progress: Progress | None,
     required: bool,
+    host: str | None = None,
 ) -> tuple[
     list[Session],
     list[Token],
@@ -337,10 +341,13 @@ def _read_json_side(
     dict[str, dict[str, Any]],
     tuple[list[Command], int],
 ]:
-    """:func:`read_legacy`, and the commands and next seq of ``ccr-inbox.json``."""
+    """:func:`read_legacy`, and the commands and next seq of ``ccr-inbox.json``.
+
+    A session or command without a ``host`` takes ``host`` (default: this machine's host_id).
+    """
     files = _read_sources(json_dir, lock_timeout_s, required=required)
     sources = _checksums(files)
-    inbox = _parse_json_inbox(json_dir / INBOX_FILE, files.get(INBOX_FILE))
+    inbox = _parse_json_inbox(json_dir / INBOX_FILE, files.get(INBOX_FILE), host)
     sessions_doc = _parse_source(json_dir / SESSIONS_FILE, files.get(SESSIONS_FILE))
     tokens_doc = _parse_source(json_dir / TOKENS_FILE, files.get(TOKENS_FILE))
     skipped: list[SkippedRecord] = []
@@ -353,7 +360,7 @@ def _read_json_side(
     done = 0
     for key, raw in records.items():
         try:
-            sessions[key] = session_from_legacy(key, raw, session_ttl=session_ttl)
+            sessions[key] = session_from_legacy(key, raw, session_ttl=session_ttl, host=host)
         except ValidationError as exc:
             skipped.append(
                 SkippedRecord(kind="session", key=shown_legacy_key(key), reason=str(exc))
@@ -499,7 +506,9 @@ def _json_kind(value: object) -> str:
     return kinds.get(type(value), "a number")
 
 
-def _inbox_command(command_id: str, row: tuple[Any, ...], session_ids: set[str]) -> Command:
+def _inbox_command(
+    command_id: str, row: tuple[Any, ...], session_ids: set[str], host: str | None = None
+) -> Command:
     """One row of a legacy inbox as a command (seq 0: numbered once all rows are sorted).
 
     :raises ValidationError: saying why the row cannot be imported.
@@ -540,6 +549,8 @@ def _inbox_command(command_id: str, row: tuple[Any, ...], session_ids: set[str])
         available_at=created,
         created_at=created,
         updated_at=updated,
+        # The importing store's machine, as its sessions' (SPEC 2).
+        host=defaults.host_id() if host is None else host,
     )
 
 
@@ -550,6 +561,7 @@ def read_legacy_inbox(
     live_ids: Set[str] = frozenset(),
     live_file: Path | None = None,
     first_seq: int = 1,
+    host: str | None = None,
 ) -> tuple[list[Command], list[SkippedRecord], dict[str, dict[str, Any]]]:
     """The commands of legacy inbox databases, what was skipped, and checksums by path.
 
@@ -566,7 +578,8 @@ def read_legacy_inbox(
     With ``ccr-inbox.json`` imported too (its commands keep their own seqs): ``live_ids`` are
     its command ids, whose legacy copies are skipped (the live inbox's copy wins), and
     ``first_seq`` is its next seq, from which the legacy commands are numbered instead of 1,
-    so that they come after every seq it gave.
+    so that they come after every seq it gave. Every command's ``host`` is ``host`` (default:
+    this machine's host_id).
     :raises MigrationError: for a file that cannot be read (see :func:`_read_inbox_file`).
     """
     known = set(session_ids)
@@ -598,7 +611,7 @@ def read_legacy_inbox(
                 skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
                 continue
             try:
-                commands.append(_inbox_command(command_id, row, known))
+                commands.append(_inbox_command(command_id, row, known, host))
             except ValidationError as exc:
                 reason = f"{path}: {exc}"
                 skipped.append(SkippedRecord(kind="command", key=command_id, reason=reason))
@@ -627,6 +640,7 @@ def import_json(
     lock_timeout_s: float = 60,
     progress: Progress | None = None,
     inbox_dir: str | os.PathLike[str] | None = None,
+    host_id: str | None = None,
 ) -> MigrationReport:
     """Build a new sqlite database at ``db_path`` from the legacy files in ``json_dir``.
 
@@ -658,6 +672,7 @@ def import_json(
                 token_ttl=token_ttl,
                 lock_timeout_s=lock_timeout_s,
                 progress=progress,
+                host_id=host_id,
             )
             _publish(build, db_path)
     except filelock.Timeout as exc:
@@ -674,6 +689,7 @@ def import_on_first_start(
     token_ttl: timedelta,
     lock_timeout_s: float,
     inbox_dir: Path | None = None,
+    host_id: str | None = None,
 ) -> MigrationReport | None:
     """Import if the database does not exist yet and legacy files do; else do nothing.
 
@@ -698,6 +714,7 @@ def import_on_first_start(
                 session_ttl=session_ttl,
                 token_ttl=token_ttl,
                 lock_timeout_s=lock_timeout_s,
+                host_id=host_id,
             )
             _publish(build, db_path)
             return report
@@ -727,8 +744,12 @@ def _build(
     lock_timeout_s: float,
     progress: Progress | None = None,
     backup: Path | None = None,
+    host_id: str | None = None,
 ) -> tuple[MigrationReport, Path]:
-    """A complete, synced database under a temporary name beside ``db_path`` (lock held)."""
+    """A complete, synced database under a temporary name beside ``db_path`` (lock held).
+
+    Records take ``host_id`` (default: this machine's) as their host (SPEC 2, 6).
+    """
     from registry.backends.sqlite import SqliteStore
     from registry.backends.sqlite_sql import refuse_orphan_wal
 
@@ -748,6 +769,7 @@ def _build(
         lock_timeout_s=lock_timeout_s,
         progress=progress,
         required=False,
+        host=host_id,
     )
     legacy_commands, command_skips, inbox_sources = read_legacy_inbox(
         inbox_files,
@@ -755,6 +777,7 @@ def _build(
         live_ids={c.command_id for c in live},
         live_file=json_dir / INBOX_FILE,
         first_seq=next_seq,
+        host=host_id,
     )
     commands = [*live, *legacy_commands]
     report = MigrationReport(
@@ -777,6 +800,7 @@ def _build(
             session_ttl=session_ttl,
             token_ttl=token_ttl,
             lock_timeout_s=60,
+            host_id=host_id,
         )
         try:
             store.load(
@@ -897,6 +921,7 @@ def reimport_json(
     lock_timeout_s: float = 60,
     progress: Progress | None = None,
     inbox_dir: str | os.PathLike[str] | None = None,
+    host_id: str | None = None,
 ) -> MigrationReport:
     """Import the legacy files again over an existing database, keeping it as a backup.
 
@@ -931,6 +956,7 @@ def reimport_json(
                 token_ttl=token_ttl,
                 lock_timeout_s=lock_timeout_s,
                 progress=progress,
+                host_id=host_id,
                 backup=backup,
             )
             try:
@@ -1071,6 +1097,7 @@ def export_json(
     *,
     progress: Progress | None = None,
     inbox: bool = False,
+    host_id: str | None = None,
 ) -> None:
     """Write the database's content to ``out_dir`` as the legacy JSON files.
 
@@ -1090,6 +1117,8 @@ def export_json(
     and in the same all-or-nothing unit, with the database's next seq as the file's: the
     rollback to a json primary (phase 3 to 2), whose inbox would otherwise hold stale copies
     of commands the database finished (typed twice) and lack the ones it holds alone.
+    A session's ``host`` is written only when it is not ``host_id`` (default: this machine's),
+    so a file of this machine's sessions is the legacy daemon's format exactly.
     :raises MigrationError: if the database does not exist.
     """
     from registry.backends.json_file import JsonStore
@@ -1099,7 +1128,12 @@ def export_json(
     if not db_path.is_file():
         raise MigrationError(f"{db_path}: no database to export")
     source = SqliteStore(
-        db_path, clock=_utcnow, session_ttl=DEFAULT_TTL, token_ttl=DEFAULT_TTL, lock_timeout_s=10
+        db_path,
+        clock=_utcnow,
+        session_ttl=DEFAULT_TTL,
+        token_ttl=DEFAULT_TTL,
+        lock_timeout_s=10,
+        host_id=host_id,
     )
     try:
         _legacy_start_times(source)
@@ -1113,7 +1147,12 @@ def export_json(
     if progress is not None:
         progress(total // 2, total)
     target = JsonStore(
-        out_dir, clock=_utcnow, session_ttl=DEFAULT_TTL, token_ttl=DEFAULT_TTL, lock_timeout_s=10
+        out_dir,
+        clock=_utcnow,
+        session_ttl=DEFAULT_TTL,
+        token_ttl=DEFAULT_TTL,
+        lock_timeout_s=10,
+        host_id=host_id,
     )
     try:
         if inbox:

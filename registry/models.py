@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from registry import defaults
 from registry.errors import ValidationError
 from registry.validation import (
     COMMAND_STATES,
@@ -224,6 +225,8 @@ class Session:
     updated_at: datetime = attrs.field(converter=utc_ms)
     last_seen: datetime = attrs.field(converter=utc_ms)
     expires_at: datetime = attrs.field(converter=utc_ms)
+    # The host_id of the store that last registered it (SPEC 2, 5); default: this machine's.
+    host: str = attrs.field(factory=defaults.host_id, validator=_attrs_check(check_key))
 
     @transport.validator
     def _transport(self, _attribute: object, value: object) -> None:
@@ -275,6 +278,8 @@ class Command:
     last_error: str | None = attrs.field(default=None, validator=_attrs_check(check_text))
     created_at: datetime = attrs.field(converter=utc_ms)
     updated_at: datetime = attrs.field(converter=utc_ms)
+    # Its session's host, or the enqueuing store's host_id without a session (SPEC 2, 3.4).
+    host: str = attrs.field(factory=defaults.host_id, validator=_attrs_check(check_key))
 
     def is_claimable(self, now: datetime) -> bool:
         """``ready`` and due, or ``leased`` with its lease run out (``lease_until <= now``)."""
@@ -557,12 +562,16 @@ def _legacy_transport(raw: object) -> Transport:
     )
 
 
-def session_from_legacy(key: str, raw: object, *, session_ttl: timedelta) -> Session:
+def session_from_legacy(
+    key: str, raw: object, *, session_ttl: timedelta, host: str | None = None
+) -> Session:
     """Read one session record of either legacy shape, normalised (SPEC 6).
 
     A missing ``last_seen`` is ``updated_at``; other missing timestamps fall back to the record's
     own timestamps (``expires_at`` to ``last_seen + session_ttl``), never to "now"; state
-    ``active`` is ``running``; a ``null`` notify, state or transport is the default. Text and
+    ``active`` is ``running``; a ``null`` notify, state or transport is the default; a record
+    without ``host`` (the legacy daemon writes none) takes ``host`` (default: this machine's
+    host_id, SPEC 2). Text and
     details are read whatever their size (see the section comment). Raises
     :class:`ValidationError` with the reason when the record cannot be understood.
     """
@@ -595,6 +604,7 @@ def session_from_legacy(key: str, raw: object, *, session_ttl: timedelta) -> Ses
             "notify": False if notify is None else check_notify(notify),
             "transport": _legacy_transport(raw.get("transport")),
             "state": "running" if state in (None, "active") else check_state(state),
+            "host": _legacy_host(raw.get("host"), host),
             "created_at": _first(created, updated, seen),
             "updated_at": _first(updated, seen, created),
             "last_seen": seen,
@@ -603,8 +613,18 @@ def session_from_legacy(key: str, raw: object, *, session_ttl: timedelta) -> Ses
     )
 
 
-def session_to_legacy(session: Session) -> dict[str, Any]:
-    """The record the legacy daemon writes: epoch-ms numbers, flat transport, no None keys."""
+def _legacy_host(value: object, default: str | None) -> str:
+    if value is None:
+        return defaults.host_id() if default is None else default
+    return check_key("host", value)
+
+
+def session_to_legacy(session: Session, *, implicit_host: str | None = None) -> dict[str, Any]:
+    """The record the legacy daemon writes: epoch-ms numbers, flat transport, no None keys.
+
+    The session's ``host`` is written as an extra key (the daemon ignores unknown keys) unless
+    it is ``implicit_host``: a file of such sessions stays byte for byte what the daemon writes.
+    """
     record: dict[str, Any] = {"session_id": session.session_id}
     for name in ("ppid", "pid", "start_time", "cwd", "label"):
         value = getattr(session, name)
@@ -617,6 +637,8 @@ def session_to_legacy(session: Session) -> dict[str, Any]:
     record["updated_at"] = to_ms(session.updated_at)
     record["last_seen"] = to_ms(session.last_seen)
     record["expires_at"] = to_ms(session.expires_at)
+    if session.host != implicit_host:
+        record["host"] = session.host
     return record
 
 

@@ -65,7 +65,8 @@ class SessionRegistry(Protocol):
         default (``notify`` False, transport ``unknown``, state ``running``, other fields None).
         ``created_at`` is set on insert and kept on every later register.
         ``updated_at`` and ``last_seen`` become ``now``; ``expires_at`` becomes
-        ``now + session_ttl``.
+        ``now + session_ttl``. ``host`` becomes the store's ``host_id``: a re-register from
+        another machine moves the session there.
         A re-register never drops the session's tokens.
         :raises ValidationError: if an argument is invalid; nothing is written.
         """
@@ -78,7 +79,9 @@ class SessionRegistry(Protocol):
     def get_by_ppid(self, ppid: int) -> Session | None:
         """Among active sessions with that ``ppid``, the one with the greatest ``last_seen``.
 
-        Ties go to the smallest ``session_id``; None if there is no such session.
+        Only sessions whose ``host`` is the store's ``host_id`` count (a pid means something
+        on its own machine only). Ties go to the smallest ``session_id``; None if there is no
+        such session.
         :raises ValidationError: if ``ppid`` is not a positive int within signed 64 bits.
         """
         ...
@@ -88,12 +91,13 @@ class SessionRegistry(Protocol):
         ...
 
     def list_sessions(
-        self, *, active_only: bool = False, notify_only: bool = False
+        self, *, active_only: bool = False, notify_only: bool = False, host: str | None = None
     ) -> list[Session]:
         """All sessions (expired ones too, until cleaned), in list order.
 
-        ``active_only`` keeps active sessions; ``notify_only`` keeps those with ``notify`` true.
-        :raises ValidationError: if a flag is not a bool.
+        ``active_only`` keeps active sessions; ``notify_only`` keeps those with ``notify`` true;
+        ``host``, when given, keeps those of that host.
+        :raises ValidationError: if a flag is not a bool or ``host`` is not a valid id.
         """
         ...
 
@@ -126,9 +130,10 @@ class SessionRegistry(Protocol):
     def cleanup_dead_sessions(self, is_alive: AliveProbe | None = None) -> list[str]:
         """Remove running sessions whose parent process is gone; return their ids sorted.
 
-        Every running session with a ``ppid`` is probed with ``is_alive(ppid, start_time)``
-        (default :func:`registry.liveness.is_process_alive`); stopped sessions and sessions
-        without a ``ppid`` are never probed.
+        Every running session with a ``ppid`` whose ``host`` is the store's ``host_id`` is
+        probed (another machine's processes cannot be seen from here) with
+        ``is_alive(ppid, start_time)`` (default :func:`registry.liveness.is_process_alive`);
+        stopped sessions and sessions without a ``ppid`` are never probed.
         The probes run outside any lock or transaction, so a probe may be slow or use the store.
         A session found dead is removed, with its tokens, only if it was not re-registered,
         touched or updated after it was read for the probe, even within the same millisecond.
@@ -261,7 +266,8 @@ class CommandInbox(Protocol):
 
         Arguments are validated first. A known ``command_id``, in any state until cleaned up,
         returns ``(stored, False)`` and writes nothing; the payload is not compared.
-        Then the session, when given, must exist. The new command has ``attempts = 0`` and
+        Then the session, when given, must exist. The new command's ``host`` is its session's
+        ``host`` (without a session: the store's ``host_id``). It has ``attempts = 0`` and
         ``available_at = now + delay`` (default zero) and is returned as ``(command, True)``.
         :raises ValidationError: if an argument is invalid; nothing is written.
         :raises SessionNotFound: if ``session_id`` names no session (and the id is new).
@@ -270,6 +276,9 @@ class CommandInbox(Protocol):
 
     def claim(self, owner: str, *, lease: timedelta | None = None) -> Command | None:
         """Lease the claimable command with the smallest ``seq`` that heads its group.
+
+        Only commands whose ``host`` is the store's ``host_id`` are considered, for the search
+        and for the head check (a terminal can only be typed into on its own machine).
 
         A command the search would choose with ``attempts >= inbox_max_attempts`` becomes
         ``dead`` with ``last_error = "gave up after N attempts"`` instead, and the search goes on.
@@ -329,9 +338,12 @@ class CommandInbox(Protocol):
         ...
 
     def list_commands(
-        self, *, session_id: str | None = None, state: str | None = None
+        self, *, session_id: str | None = None, state: str | None = None, host: str | None = None
     ) -> list[Command]:
-        """Every command, or those of one session and/or in one state, ordered by ``seq``."""
+        """Every command, or those of one session, in one state and/or of one host, by ``seq``.
+
+        :raises ValidationError: if ``state`` or ``host`` is invalid.
+        """
         ...
 
     def cleanup_inbox(self) -> list[str]:

@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from registry import defaults
 from registry.backends._inbox import SESSION_REMOVED, Inbox, InboxSettings
 from registry.errors import (
     ChatMismatch,
@@ -150,8 +151,10 @@ class StorageBackend(ABC):
         notify_only: bool,
         ppid: int | None = None,
         limit: int | None = None,
+        host: str | None = None,
     ) -> list[Session]:
-        """Sessions matching the filters, in list order; at most ``limit`` of them."""
+        """Sessions matching the filters (``host``: only that host's), in list order; at most
+        ``limit`` of them."""
 
     @abstractmethod
     def expired_session_ids(self, now: datetime) -> list[str]:
@@ -202,12 +205,15 @@ class StorageBackend(ABC):
         """
 
     @abstractmethod
-    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
-        """Commands of that session and/or in that state (None: any), ordered by ``seq``."""
+    def select_commands(
+        self, *, session_id: str | None, state: str | None, host: str | None = None
+    ) -> list[Command]:
+        """Commands of that session, in that state and/or of that host (None: any), by ``seq``."""
 
     @abstractmethod
-    def next_claimable(self, now: datetime) -> Command | None:
-        """The claimable command (SPEC 3.4) with the smallest ``seq`` that heads its group.
+    def next_claimable(self, now: datetime, host: str) -> Command | None:
+        """Among ``host``'s commands, the claimable one (SPEC 3.4) with the smallest ``seq``
+        that heads its group.
 
         Claimable: ``ready`` with ``available_at <= now``, or ``leased`` with
         ``lease_until <= now``. Heads its group: no command of the same ``session_id`` (None
@@ -263,6 +269,7 @@ class BaseStore(StorageBackend):
         session_ttl: timedelta,
         token_ttl: timedelta,
         inbox: InboxSettings | None = None,
+        host_id: str | None = None,
     ) -> None:
         if not callable(clock):
             # open_store(clock=...) reaches here first; a raw TypeError would come at first use.
@@ -275,6 +282,9 @@ class BaseStore(StorageBackend):
         self._session_ttl = session_ttl
         self._token_ttl = token_ttl
         self.inbox_settings = InboxSettings() if inbox is None else inbox
+        # The machine this store serves (SPEC 5): the ppid lookup, the dead-session cleanup and
+        # claim consider only its sessions and commands; register stamps it on a session.
+        self.host_id = check_key("host_id", defaults.host_id() if host_id is None else host_id)
         self._inbox = Inbox(self)
         self._closed = False
 
@@ -391,9 +401,11 @@ class BaseStore(StorageBackend):
             }
             existing = self.load_session(session_id)
             if existing is None:
-                session = Session(session_id=session_id, created_at=now, **given, **stamps)
+                session = Session(
+                    session_id=session_id, host=self.host_id, created_at=now, **given, **stamps
+                )
             else:
-                session = changed_session(existing, **given, **stamps)
+                session = changed_session(existing, **given, **stamps, host=self.host_id)
             self.save_session(session)
         return session
 
@@ -411,7 +423,7 @@ class BaseStore(StorageBackend):
         now = self._now()
         with self.reading():
             found = self.select_sessions(
-                now, active_only=True, notify_only=False, ppid=ppid, limit=1
+                now, active_only=True, notify_only=False, ppid=ppid, limit=1, host=self.host_id
             )
         return found[0] if found else None
 
@@ -419,13 +431,17 @@ class BaseStore(StorageBackend):
         return self.list_sessions(active_only=True, notify_only=True)
 
     def list_sessions(
-        self, *, active_only: bool = False, notify_only: bool = False
+        self, *, active_only: bool = False, notify_only: bool = False, host: str | None = None
     ) -> list[Session]:
         check_bool("active_only", active_only)
         check_bool("notify_only", notify_only)
+        if host is not None:
+            check_key("host", host)
         now = self._now()
         with self.reading():
-            return self.select_sessions(now, active_only=active_only, notify_only=notify_only)
+            return self.select_sessions(
+                now, active_only=active_only, notify_only=notify_only, host=host
+            )
 
     def update(self, session_id: str, **changes: Any) -> Session:
         check_update(changes)
@@ -475,7 +491,9 @@ class BaseStore(StorageBackend):
             version = self.data_version()
             candidates = [
                 session
-                for session in self.select_sessions(now, active_only=False, notify_only=False)
+                for session in self.select_sessions(
+                    now, active_only=False, notify_only=False, host=self.host_id
+                )
                 if session.state == "running" and session.ppid is not None
             ]
         # Probing may be slow and may itself use the store: no lock is held here.

@@ -117,12 +117,17 @@ class Inbox:
             stored = store.load_command(command_id)
             if stored is not None:
                 return stored, False
-            if session_id is not None and not store.has_session(session_id):
-                raise SessionNotFound(f"no session {session_id!r}")
+            host = store.host_id
+            if session_id is not None:
+                session = store.load_session(session_id)
+                if session is None:
+                    raise SessionNotFound(f"no session {session_id!r}")
+                host = session.host  # typed into its terminal, on its machine (SPEC 2)
             # Every argument was checked above; the payload is not walked a second time.
             command = new_command(
                 command_id=command_id,
                 session_id=session_id,
+                host=host,
                 seq=store.next_command_seq(),
                 payload=body,
                 chat_id=chat_id,
@@ -148,7 +153,7 @@ class Inbox:
         with store._write() as now:
             lease_until = add_ttl(now, length)
             while True:
-                found = store.next_claimable(now)
+                found = store.next_claimable(now, store.host_id)
                 if found is None:
                     return None
                 if found.attempts >= max_attempts:
@@ -282,17 +287,19 @@ class Inbox:
             return store.load_command(command_id)
 
     def list_commands(
-        self, *, session_id: str | None = None, state: str | None = None
+        self, *, session_id: str | None = None, state: str | None = None, host: str | None = None
     ) -> list[Command]:
         store = self._store
         store._check_open()
         if state is not None and state not in COMMAND_STATES:
             choices = ", ".join(COMMAND_STATES)
             raise ValidationError(f"state must be one of {choices} or None; got {state!r}")
+        if host is not None:
+            check_key("host", host)
         if session_id is not None and not is_key("session_id", session_id):
             return []
         with store.reading():
-            return store.select_commands(session_id=session_id, state=state)
+            return store.select_commands(session_id=session_id, state=state, host=host)
 
     def cleanup_inbox(self) -> list[str]:
         store = self._store

@@ -159,11 +159,18 @@ class DualStore(BaseStore):
         session_ttl: timedelta,
         token_ttl: timedelta,
         inbox: InboxSettings | None = None,
+        host_id: str | None = None,
         secondary_name: str | None = None,
         secondary_error: str | None = None,
     ) -> None:
         """``secondary`` is None when it could not be opened; ``secondary_error`` says why."""
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
+        super().__init__(
+            clock=clock,
+            session_ttl=session_ttl,
+            token_ttl=token_ttl,
+            inbox=inbox,
+            host_id=host_id,
+        )
         self.primary = primary
         self.secondary = secondary
         self.secondary_name = secondary.backend if secondary is not None else secondary_name
@@ -359,13 +366,21 @@ class DualStore(BaseStore):
         notify_only: bool,
         ppid: int | None = None,
         limit: int | None = None,
+        host: str | None = None,
     ) -> list[Session]:
         def select(side: BaseStore) -> list[Session]:
             return side.select_sessions(
-                now, active_only=active_only, notify_only=notify_only, ppid=ppid, limit=limit
+                now,
+                active_only=active_only,
+                notify_only=notify_only,
+                ppid=ppid,
+                limit=limit,
+                host=host,
             )
 
-        what = f"list(active_only={active_only}, notify_only={notify_only}, ppid={ppid})"
+        what = (
+            f"list(active_only={active_only}, notify_only={notify_only}, ppid={ppid}, host={host})"
+        )
         return self._compare("sessions", what, select(self.primary), lambda: select(self._side))
 
     def has_session(self, session_id: str) -> bool:
@@ -443,15 +458,17 @@ class DualStore(BaseStore):
         self.primary.reserve_command_seq(next_seq)
         self._mirror(lambda: self._side.reserve_command_seq(next_seq))
 
-    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+    def select_commands(
+        self, *, session_id: str | None, state: str | None, host: str | None = None
+    ) -> list[Command]:
         def select(side: BaseStore) -> list[Command]:
-            return side.select_commands(session_id=session_id, state=state)
+            return side.select_commands(session_id=session_id, state=state, host=host)
 
-        what = f"list(session_id={session_id}, state={state})"
+        what = f"list(session_id={session_id}, state={state}, host={host})"
         return self._compare("commands", what, select(self.primary), lambda: select(self._side))
 
-    def next_claimable(self, now: datetime) -> Command | None:
-        return self.primary.next_claimable(now)  # inside a write unit: the primary decides
+    def next_claimable(self, now: datetime, host: str) -> Command | None:
+        return self.primary.next_claimable(now, host)  # inside a write unit: the primary decides
 
     def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
         self.primary.end_commands_of(session_ids, now, error)

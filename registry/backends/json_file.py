@@ -43,6 +43,7 @@ from typing import Any, Final, TypeVar
 
 import filelock
 
+from registry import defaults
 from registry.backends._base import BaseStore, Clock
 from registry.backends._inbox import InboxSettings
 from registry.errors import RegistryError, StoreBusy, StoreCorrupted, ValidationError
@@ -149,7 +150,7 @@ class _Document:
 _KNOWN_KEYS: Final = frozenset(
     (
         *("session_id", "ppid", "pid", "start_time", "cwd", "label", "notify", "transport"),
-        *("state", "created_at", "updated_at", "last_seen", "expires_at"),
+        *("state", "created_at", "updated_at", "last_seen", "expires_at", "host"),
         *("token", "chat_id", "scopes", "context"),
     )
 )
@@ -203,6 +204,7 @@ def command_to_json(command: Command) -> dict[str, Any]:
         "last_error": command.last_error,
         "created_at": _to_ms(command.created_at),
         "updated_at": _to_ms(command.updated_at),
+        "host": command.host,
     }
 
 
@@ -210,14 +212,21 @@ _INBOX_RECORD_KEYS: Final = frozenset(
     (
         *("command_id", "session_id", "seq", "payload", "chat_id", "state", "attempts"),
         *("available_at", "lease_owner", "lease_until", "last_error", "created_at", "updated_at"),
+        "host",
     )
 )
 
 
-def command_from_json(key: str, value: object) -> Command:
-    """A command of the inbox file, through the model's validators (ValidationError if bad)."""
+def command_from_json(key: str, value: object, *, host: str | None = None) -> Command:
+    """A command of the inbox file, through the model's validators (ValidationError if bad).
+
+    ``host`` is optional in the file (format 1 began without it): a record without it takes
+    ``host`` (default: this machine's host_id, SPEC 2).
+    """
     if not isinstance(value, dict):
         raise ValidationError(f"command {key!r} is not an object")
+    if "host" not in value:
+        value = {**value, "host": defaults.host_id() if host is None else host}
     if set(value) != _INBOX_RECORD_KEYS:
         raise ValidationError(f"command {key!r} does not have the fields of a command")
     if value["command_id"] != key:
@@ -254,7 +263,7 @@ def render_inbox(commands: dict[str, Command], next_seq: int) -> bytes:
     return (_dumps(document, indent=2) + "\n").encode("utf-8")
 
 
-def parse_inbox(path: Path, raw: bytes) -> _Document:
+def parse_inbox(path: Path, raw: bytes, *, host: str | None = None) -> _Document:
     """The inbox file's commands; a file or record that cannot be read is refused whole.
 
     This file is this backend's own (no other program writes it), so a record it cannot
@@ -277,7 +286,7 @@ def parse_inbox(path: Path, raw: bytes) -> _Document:
             raise ValidationError(f"next_seq {next_seq!r} is not a positive int")
         if not isinstance(records, dict):
             raise ValidationError("commands is not an object")
-        commands = {key: command_from_json(key, value) for key, value in records.items()}
+        commands = {key: command_from_json(key, value, host=host) for key, value in records.items()}
         if len({c.seq for c in commands.values()}) != len(commands):
             raise ValidationError("two commands share a seq")
     except ValidationError as exc:
@@ -419,7 +428,12 @@ def recover_journal(data_dir: Path) -> None:
 
 
 def parse_file(
-    path: Path, raw: bytes, *, session_ttl: timedelta, token_ttl: timedelta
+    path: Path,
+    raw: bytes,
+    *,
+    session_ttl: timedelta,
+    token_ttl: timedelta,
+    host: str | None = None,
 ) -> _Document:
     """Every record of one of the two files, readable or not.
 
@@ -441,7 +455,7 @@ def parse_file(
     for key, value in records.items():
         try:
             if path.name == SESSIONS_FILE:
-                model: Any = session_from_legacy(key, value, session_ttl=session_ttl)
+                model: Any = session_from_legacy(key, value, session_ttl=session_ttl, host=host)
             else:
                 model = token_from_legacy(key, value, token_ttl=token_ttl)
         except ValidationError as exc:
@@ -496,9 +510,23 @@ class JsonStore(BaseStore):
         token_ttl: timedelta,
         lock_timeout_s: float,
         inbox: InboxSettings | None = None,
+        host_id: str | None = None,
     ) -> None:
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
+        super().__init__(
+            clock=clock,
+            session_ttl=session_ttl,
+            token_ttl=token_ttl,
+            inbox=inbox,
+            host_id=host_id,
+        )
         self.data_dir = Path(data_dir)
+        # The host a session record without a "host" key belongs to (SPEC 4): it reads as this
+        # store's host_id, and this store leaves the key out only for its own sessions and only
+        # when its host_id is the machine's default ($CCR_HOST_ID, else the hostname). So a
+        # file of default-host sessions stays the legacy daemon's format byte for byte, and a
+        # store with a host_id of its own marks every record, which another store on the same
+        # files (with another host_id) then reads right.
+        self._implicit_host = self.host_id if self.host_id == defaults.host_id() else None
         self.sessions_path = self.data_dir / SESSIONS_FILE
         self.tokens_path = self.data_dir / TOKENS_FILE
         self._timeout = lock_timeout_s
@@ -686,14 +714,28 @@ class JsonStore(BaseStore):
     def _parse_document(self, path: Path, raw: bytes) -> _Document:
         """Every record of one file; only a file that is not a JSON object is refused."""
         if path.name == INBOX_FILE:
-            return parse_inbox(path, raw)
-        return parse_file(path, raw, session_ttl=self._session_ttl, token_ttl=self._token_ttl)
+            return parse_inbox(path, raw, host=self.host_id)
+        return parse_file(
+            path,
+            raw,
+            session_ttl=self._session_ttl,
+            token_ttl=self._token_ttl,
+            host=self.host_id,
+        )
 
     def _commit(self, state: _State) -> None:
         """Write the files ``state`` changed (the lock is held)."""
         writes: list[tuple[str, bytes, _Document]] = []
         if state.sessions_changed:
-            writes.append(self._render(SESSIONS_FILE, state, state.sessions, session_to_legacy))
+            implicit = self._implicit_host
+            writes.append(
+                self._render(
+                    SESSIONS_FILE,
+                    state,
+                    state.sessions,
+                    lambda session: session_to_legacy(session, implicit_host=implicit),
+                )
+            )
         if state.tokens_changed:
             writes.append(self._render(TOKENS_FILE, state, state.tokens, token_to_legacy))
         if state.commands_changed:
@@ -903,11 +945,13 @@ class JsonStore(BaseStore):
         notify_only: bool,
         ppid: int | None = None,
         limit: int | None = None,
+        host: str | None = None,
     ) -> list[Session]:
         found = [
             s
             for s in self._state().sessions.values()
             if (ppid is None or s.ppid == ppid)
+            and (host is None or s.host == host)
             and (not notify_only or s.notify)
             and (not active_only or s.is_active(now))
         ]
@@ -971,18 +1015,23 @@ class JsonStore(BaseStore):
             state.next_seq = next_seq
             state.commands_changed = True
 
-    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+    def select_commands(
+        self, *, session_id: str | None, state: str | None, host: str | None = None
+    ) -> list[Command]:
         found = [
             c
             for c in self._state().commands.values()
             if (session_id is None or c.session_id == session_id)
+            and (host is None or c.host == host)
             and (state is None or c.state == state)
         ]
         found.sort(key=lambda c: c.seq)
         return found
 
-    def next_claimable(self, now: datetime) -> Command | None:
-        pending = sorted((c for c in self._state().commands.values() if c.pending), key=_seq)
+    def next_claimable(self, now: datetime, host: str) -> Command | None:
+        pending = sorted(
+            (c for c in self._state().commands.values() if c.pending and c.host == host), key=_seq
+        )
         heads: set[str | None] = set()  # groups whose head has been passed
         for command in pending:
             group = command.session_id

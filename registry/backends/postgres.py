@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "open_backend"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # Ordered upgrade steps: MIGRATIONS[n] takes a schema from version n to n + 1, inside the one
 # transaction that also records the new version.
@@ -134,6 +134,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX idx_commands_finished ON commands(updated_at)
       WHERE state IN ('done', 'dead');
     INSERT INTO meta (key, value) VALUES ('command_seq', '0');
+    """,
+    # Version 3: the machine of each session and command (SPEC 2, 4), as in sqlite. Rows of an
+    # older schema get the upgrading store's host_id (_prepare_schema fills the '' left here,
+    # in the same transaction); the ppid lookup and claim filter by host, so their indexes
+    # lead with it (the head check stays a probe of idx_commands_head: one session's pending
+    # commands).
+    """
+    ALTER TABLE sessions ADD COLUMN host TEXT COLLATE "C" NOT NULL DEFAULT '';
+    ALTER TABLE commands ADD COLUMN host TEXT COLLATE "C" NOT NULL DEFAULT '';
+    DROP INDEX idx_sessions_ppid;
+    CREATE INDEX idx_sessions_host_ppid ON sessions(host, ppid);
+    CREATE INDEX idx_commands_claim ON commands(host, seq, session_id)
+      WHERE state IN ('ready', 'leased');
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -205,13 +218,14 @@ KEEP_DELETED_SEQ: Final = (
     " WHERE key = 'command_seq'"
 )
 # The claimable command with the smallest seq that heads its session's group (SPEC 3.4);
-# IS NOT DISTINCT FROM makes the session-less commands one group.
+# IS NOT DISTINCT FROM makes the session-less commands one group. Only the store's host's
+# commands take part, in the scan and in the head check.
 NEXT_CLAIMABLE: Final = (
     f"SELECT {COMMAND_COLUMNS} FROM commands AS c "
-    f"WHERE c.{PENDING} "
+    f"WHERE c.host = %(host)s AND c.{PENDING} "
     "AND (CASE c.state WHEN 'ready' THEN c.available_at ELSE c.lease_until END) <= %(now)s "
-    "AND NOT EXISTS (SELECT 1 FROM commands AS p "
-    f"WHERE p.session_id IS NOT DISTINCT FROM c.session_id AND p.{PENDING} AND p.seq < c.seq) "
+    "AND NOT EXISTS (SELECT 1 FROM commands AS p WHERE p.host = %(host)s "
+    f"AND p.session_id IS NOT DISTINCT FROM c.session_id AND p.{PENDING} AND p.seq < c.seq) "
     "ORDER BY c.seq LIMIT 1"
 )
 END_COMMANDS: Final = (
@@ -479,8 +493,15 @@ class PostgresStore(BaseStore):
         lock_timeout_s: float,
         inbox: InboxSettings | None = None,
         pool_size: int = 8,
+        host_id: str | None = None,
     ) -> None:
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
+        super().__init__(
+            clock=clock,
+            session_ttl=session_ttl,
+            token_ttl=token_ttl,
+            inbox=inbox,
+            host_id=host_id,
+        )
         self.dsn = dsn
         self.schema = schema
         self.where = f"postgres schema {schema!r}"
@@ -493,7 +514,7 @@ class PostgresStore(BaseStore):
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pool_pid = 0
         self._read_scope = _ReadScope(self)
-        self._select_sql: dict[tuple[bool, bool, bool, int | None], str] = {}
+        self._select_sql: dict[tuple[bool, bool, bool, int | None, bool], str] = {}
         try:
             self._prepare_schema()
         except BaseException:
@@ -618,6 +639,14 @@ class PostgresStore(BaseStore):
                     # One round trip per step: without parameters, psycopg sends the text
                     # with the simple query protocol, which takes several statements.
                     conn.execute(MIGRATIONS[step])
+                if 0 < version < 3:
+                    for table in ("sessions", "commands"):
+                        conn.execute(
+                            sql.SQL("UPDATE {} SET host = %s WHERE host = ''").format(
+                                sql.Identifier(table)
+                            ),
+                            (self.host_id,),
+                        )
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES (%s, %s) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -695,11 +724,14 @@ class PostgresStore(BaseStore):
         notify_only: bool,
         ppid: int | None = None,
         limit: int | None = None,
+        host: str | None = None,
     ) -> list[Session]:
-        key = (ppid is not None, notify_only, active_only, limit)
+        key = (ppid is not None, notify_only, active_only, limit, host is not None)
         query = self._select_sql.get(key)
         if query is None:
             where = []
+            if host is not None:
+                where.append("host = %(host)s")
             if ppid is not None:
                 where.append("ppid = %(ppid)s")
             if notify_only:
@@ -713,7 +745,7 @@ class PostgresStore(BaseStore):
             if limit is not None:
                 query += f" LIMIT {int(limit)}"
             self._select_sql[key] = query
-        params = {"ppid": ppid, "now": to_ms(now)} if "%(" in query else None
+        params = {"ppid": ppid, "now": to_ms(now), "host": host} if "%(" in query else None
         rows = self._conn().execute(query, params).fetchall()
         return [decode_pg_session(row) for row in rows]
 
@@ -781,9 +813,14 @@ class PostgresStore(BaseStore):
         self._local.dirty = True
         self._conn().execute(RESERVE_SEQ, (next_seq - 1,))
 
-    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+    def select_commands(
+        self, *, session_id: str | None, state: str | None, host: str | None = None
+    ) -> list[Command]:
         where: list[str] = []
         params: list[str] = []
+        if host is not None:
+            where.append("host = %s")
+            params.append(host)
         if session_id is not None:
             where.append("session_id = %s")
             params.append(session_id)
@@ -796,8 +833,8 @@ class PostgresStore(BaseStore):
         rows = self._conn().execute(query + " ORDER BY seq", params).fetchall()
         return [decode_pg_command(row) for row in rows]
 
-    def next_claimable(self, now: datetime) -> Command | None:
-        row = self._conn().execute(NEXT_CLAIMABLE, {"now": to_ms(now)}).fetchone()
+    def next_claimable(self, now: datetime, host: str) -> Command | None:
+        row = self._conn().execute(NEXT_CLAIMABLE, {"now": to_ms(now), "host": host}).fetchone()
         return None if row is None else decode_pg_command(row)
 
     def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
@@ -846,4 +883,5 @@ def open_backend(config: StoreConfig, clock: Clock) -> PostgresStore:
         token_ttl=config.token_ttl,
         inbox=config.inbox_settings,
         lock_timeout_s=config.lock_timeout_s,
+        host_id=config.host_id,
     )

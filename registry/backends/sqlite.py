@@ -425,15 +425,22 @@ class SqliteStore(BaseStore):
         token_ttl: timedelta,
         lock_timeout_s: float,
         inbox: InboxSettings | None = None,
+        host_id: str | None = None,
     ) -> None:
-        super().__init__(clock=clock, session_ttl=session_ttl, token_ttl=token_ttl, inbox=inbox)
+        super().__init__(
+            clock=clock,
+            session_ttl=session_ttl,
+            token_ttl=token_ttl,
+            inbox=inbox,
+            host_id=host_id,
+        )
         # Absolute once, here: a relative path would follow every later os.chdir, and a thread
         # opening its connection after one would open (and create) another, empty database.
         self.path = Path(os.path.abspath(path))
         self._timeout = lock_timeout_s
         self._local = _Local()
         self._read_scope = _ReadScope(self.path)
-        self._select_sql: dict[tuple[bool, bool, bool, int | None], str] = {}
+        self._select_sql: dict[tuple[bool, bool, bool, int | None, bool], tuple[str, int]] = {}
         self._ttl_ms: int | None = None
         self._token_ttl_ms_cached: int | None = None
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
@@ -448,7 +455,7 @@ class SqliteStore(BaseStore):
                 create_private_file(self.path)
         try:
             with _shared(self.path):
-                prepare_schema(self._conn(), self.path)
+                prepare_schema(self._conn(), self.path, self.host_id)
         except BaseException:
             self.close()
             raise
@@ -536,7 +543,7 @@ class SqliteStore(BaseStore):
         now = self._now_ms()
         expires_at = now + self._session_ttl_ms()
         with self._write_unit():
-            row = register_row(self._conn(), session_id, columns, now, expires_at)
+            row = register_row(self._conn(), session_id, columns, now, expires_at, self.host_id)
         return decode_session(row)
 
     def touch(self, session_id: str) -> Session:
@@ -674,17 +681,19 @@ class SqliteStore(BaseStore):
         check_pid("ppid", ppid)
         now = self._now_ms()
         with self._read_scope:
-            found = self._select(now, True, False, ppid, 1)
+            found = self._select(now, True, False, ppid, 1, self.host_id)
         return found[0] if found else None
 
     def list_sessions(
-        self, *, active_only: bool = False, notify_only: bool = False
+        self, *, active_only: bool = False, notify_only: bool = False, host: str | None = None
     ) -> list[Session]:
         check_bool("active_only", active_only)
         check_bool("notify_only", notify_only)
+        if host is not None:
+            check_key("host", host)
         now = self._now_ms()
         with self._read_scope:
-            return self._select(now, active_only, notify_only, None, None)
+            return self._select(now, active_only, notify_only, None, None, host)
 
     # ----------------------------------------------------------------- primitives
 
@@ -712,31 +721,47 @@ class SqliteStore(BaseStore):
         notify_only: bool,
         ppid: int | None = None,
         limit: int | None = None,
+        host: str | None = None,
     ) -> list[Session]:
-        return self._select(to_ms(now), active_only, notify_only, ppid, limit)
+        return self._select(to_ms(now), active_only, notify_only, ppid, limit, host)
 
     def _select(
-        self, now: int, active_only: bool, notify_only: bool, ppid: int | None, limit: int | None
+        self,
+        now: int,
+        active_only: bool,
+        notify_only: bool,
+        ppid: int | None,
+        limit: int | None,
+        host: str | None,
     ) -> list[Session]:
         """select_sessions with ``now`` in epoch ms."""
-        key = (ppid is not None, notify_only, active_only, limit)
-        sql = self._select_sql.get(key)
-        if sql is None:
+        key = (ppid is not None, notify_only, active_only, limit, host is not None)
+        cached = self._select_sql.get(key)
+        if cached is None:
+            # Numbered parameters: ?1 ppid, ?2 now, ?3 host; the call binds as many as the
+            # highest number used (sqlite3 refuses more).
             where = []
+            used = 0
+            if host is not None:
+                where.append("host = ?3")  # first: idx_sessions_host_ppid leads with it
+                used = 3
             if ppid is not None:
                 where.append("ppid = ?1")
+                used = max(used, 1)
             if notify_only:
                 where.append("notify = 1")
             if active_only:
                 where.append("state = 'running' AND expires_at > ?2")
+                used = max(used, 2)
             sql = f"SELECT {SESSION_COLUMNS} FROM sessions"
             if where:
                 sql += " WHERE " + " AND ".join(where)
             sql += " " + ORDER
             if limit is not None:
                 sql += f" LIMIT {int(limit)}"
-            self._select_sql[key] = sql
-        rows = self._conn().execute(sql, (ppid, now) if "?" in sql else ())
+            cached = self._select_sql[key] = (sql, used)
+        sql, used = cached
+        rows = self._conn().execute(sql, (ppid, now, host)[:used])
         return [decode_session(row) for row in rows]
 
     def expired_session_ids(self, now: datetime) -> list[str]:
@@ -791,11 +816,16 @@ class SqliteStore(BaseStore):
                 "INSERT INTO sqlite_sequence (name, seq) VALUES ('commands', ?)", (next_seq - 1,)
             )
 
-    def select_commands(self, *, session_id: str | None, state: str | None) -> list[Command]:
+    def select_commands(
+        self, *, session_id: str | None, state: str | None, host: str | None = None
+    ) -> list[Command]:
         # Plain ``?`` with only the given values: a statement numbering ``?1`` alone takes one
         # binding, and sqlite3 refuses a second one.
         where: list[str] = []
         params: list[str] = []
+        if host is not None:
+            where.append("host = ?")
+            params.append(host)
         if session_id is not None:
             where.append("session_id = ?")
             params.append(session_id)
@@ -812,8 +842,8 @@ class SqliteStore(BaseStore):
         rows = self._conn().execute(sql + " ORDER BY seq", params)
         return [decode_command(row) for row in rows]
 
-    def next_claimable(self, now: datetime) -> Command | None:
-        row = self._conn().execute(NEXT_CLAIMABLE, (to_ms(now),)).fetchone()
+    def next_claimable(self, now: datetime, host: str) -> Command | None:
+        row = self._conn().execute(NEXT_CLAIMABLE, (to_ms(now), host)).fetchone()
         return None if row is None else decode_command(row)
 
     def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:

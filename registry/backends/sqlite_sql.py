@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+from registry import defaults
 from registry.defaults import SESSION_REMOVED
 from registry.errors import RegistryError, StoreBusy, StoreCorrupted
 from registry.validation import (
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     # str; not importing pathlib, fnmatch, urllib.parse and ipaddress saves it about 3 ms).
     StrPath = str | os.PathLike[str]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # Ordered upgrade steps: MIGRATIONS[n] takes a database from user_version n to n + 1. Each runs
 # inside the same BEGIN IMMEDIATE transaction as the version bump, so it is all-or-nothing.
@@ -93,21 +94,36 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX idx_commands_finished ON commands(updated_at)
       WHERE state IN ('done', 'dead');
     """,
+    # Version 3: the machine of each session and command (SPEC 2, 4). Rows of an older
+    # database get the opening store's host_id: prepare_schema fills the '' this step leaves,
+    # in the same transaction. The ppid lookup and claim filter by host, so their indexes lead
+    # with it; the head check stays a probe of idx_commands_head (one session's pending
+    # commands), and idx_commands_queue still serves the lists of pending commands.
+    """
+    ALTER TABLE sessions ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE commands ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    DROP INDEX idx_sessions_ppid;
+    CREATE INDEX idx_sessions_host_ppid ON sessions(host, ppid);
+    CREATE INDEX idx_commands_claim ON commands(host, seq, session_id)
+      WHERE state IN ('ready', 'leased');
+    """,
 )
+# What the version-3 step leaves in the rows it found, until prepare_schema fills it.
+_NO_HOST: Final = ""
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # The columns in table order. Statements, the encoder and the decoder are all written against
 # these names: a new column is one entry here, one in the codec below, and one schema step.
 SESSION_FIELDS: Final = (
     "session_id", "ppid", "pid", "start_time", "cwd", "label", "notify", "transport_kind",
-    "transport_details", "state", "created_at", "updated_at", "last_seen", "expires_at",
+    "transport_details", "state", "created_at", "updated_at", "last_seen", "expires_at", "host",
 )  # fmt: skip
 TOKEN_FIELDS: Final = (
     "token", "session_id", "chat_id", "scopes", "context", "created_at", "expires_at",
 )  # fmt: skip
 COMMAND_FIELDS: Final = (
     "seq", "command_id", "session_id", "payload", "chat_id", "state", "attempts", "available_at",
-    "lease_owner", "lease_until", "last_error", "created_at", "updated_at",
+    "lease_owner", "lease_until", "last_error", "created_at", "updated_at", "host",
 )  # fmt: skip
 SESSION_COLUMNS: Final = ", ".join(SESSION_FIELDS)
 TOKEN_COLUMNS: Final = ", ".join(TOKEN_FIELDS)
@@ -189,14 +205,15 @@ NEXT_SEQ: Final = (
     "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'commands'), 0) + 1"
 )
 # The claimable command with the smallest seq that heads its session's group (SPEC 3.4): the
-# outer scan walks idx_commands_queue (pending commands only, in seq order), the head check is
-# one probe of idx_commands_head. ``IS`` makes the session-less commands one group.
+# outer scan walks idx_commands_claim (the host's pending commands only, in seq order), the
+# head check is one probe of idx_commands_head. ``IS`` makes the session-less commands one
+# group. Only the store's host's commands take part, in the scan and in the head check (?2).
 NEXT_CLAIMABLE: Final = (
-    f"SELECT {COMMAND_COLUMNS} FROM commands AS c INDEXED BY idx_commands_queue "
-    f"WHERE c.{PENDING} "
+    f"SELECT {COMMAND_COLUMNS} FROM commands AS c INDEXED BY idx_commands_claim "
+    f"WHERE c.host = ?2 AND c.{PENDING} "
     "AND (CASE c.state WHEN 'ready' THEN c.available_at ELSE c.lease_until END) <= ?1 "
     "AND NOT EXISTS (SELECT 1 FROM commands AS p INDEXED BY idx_commands_head "
-    f"WHERE p.session_id IS c.session_id AND p.{PENDING} AND p.seq < c.seq) "
+    f"WHERE p.session_id IS c.session_id AND p.host = ?2 AND p.{PENDING} AND p.seq < c.seq) "
     "ORDER BY c.seq LIMIT 1"
 )
 END_COMMANDS: Final = (
@@ -346,6 +363,7 @@ def encode_session(session: Any) -> tuple[Any, ...]:
     values["transport"] = (transport.kind, transport.details)
     columns = encode_given(values, check=False)
     columns["session_id"] = session.session_id
+    columns["host"] = session.host
     for stamp in STAMPS:
         columns[stamp] = ms_of(getattr(session, stamp))
     return tuple(columns[c] for c in SESSION_FIELDS)
@@ -381,6 +399,7 @@ def encode_command(command: Any) -> tuple[Any, ...]:
         command.last_error,
         ms_of(command.created_at),
         ms_of(command.updated_at),
+        command.host,
     )
 
 
@@ -446,7 +465,7 @@ def _bind_decoders() -> None:
     t_set = {a.name: getattr(Token, a.name).__set__ for a in Token.__attrs_attrs__}
     p_set = {a.name: getattr(Transport, a.name).__set__ for a in Transport.__attrs_attrs__}
     (s_id, s_ppid, s_pid, s_start, s_cwd, s_label, s_notify, s_transport, s_state,
-     s_created, s_updated, s_seen, s_expires) = s_set.values()  # fmt: skip
+     s_created, s_updated, s_seen, s_expires, s_host) = s_set.values()  # fmt: skip
     t_token, t_sid, t_chat, t_scopes, t_context, t_created, t_expires = t_set.values()
     assert list(s_set) == [
         "transport" if c == "transport_kind" else c
@@ -487,7 +506,7 @@ def _bind_decoders() -> None:
     # timestamp and per index cost about 0.4 us per Session (measured at 2.4 against 2.8 us).
     assert [*SESSION_FIELDS] == [
         "session_id", "ppid", "pid", "start_time", "cwd", "label", "notify", "transport_kind",
-        "transport_details", "state", *STAMPS,
+        "transport_details", "state", *STAMPS, "host",
     ]  # fmt: skip
     assert [*TOKEN_FIELDS] == [
         "token", "session_id", "chat_id", "scopes", "context", "created_at", "expires_at",
@@ -500,7 +519,7 @@ def _bind_decoders() -> None:
         and the schema pins its column types (``ccr-registry doctor`` checks, with
         :func:`decode_checked`, a database something else may have edited)."""
         (sid, ppid, pid, start, cwd, label, notify, kind, details, state,
-         created, updated, seen, expires) = row  # fmt: skip
+         created, updated, seen, expires, host) = row  # fmt: skip
         session = new(Session)
         s_id(session, sid)
         s_ppid(session, ppid)
@@ -515,6 +534,7 @@ def _bind_decoders() -> None:
         s_updated(session, cached_time(updated) or moment(updated))
         s_seen(session, cached_time(seen) or moment(seen))
         s_expires(session, cached_time(expires) or moment(expires))
+        s_host(session, host)
         return session
 
     def decode_token(row: Sequence[Any]) -> Token:
@@ -539,6 +559,7 @@ def _bind_decoders() -> None:
     assert [a.name for a in Command.__attrs_attrs__] == [
         "command_id", "session_id", "seq", "payload", "chat_id", "state", "attempts",
         "available_at", "lease_owner", "lease_until", "last_error", "created_at", "updated_at",
+        "host",
     ]  # fmt: skip
     c_order = [_C[a.name] for a in Command.__attrs_attrs__]
     c_payload, c_available, c_lease_until = _C["payload"], _C["available_at"], _C["lease_until"]
@@ -569,7 +590,7 @@ def _bind_decoders() -> None:
                 lease_owner=c["lease_owner"],
                 lease_until=None if c["lease_until"] is None else from_ms(c["lease_until"]),
                 last_error=c["last_error"], created_at=from_ms(c["created_at"]),
-                updated_at=from_ms(c["updated_at"]),
+                updated_at=from_ms(c["updated_at"]), host=c["host"],
             )  # fmt: skip
         if kind == "session":
             v = session_values(row)
@@ -580,7 +601,7 @@ def _bind_decoders() -> None:
                 transport=Transport(kind=v["transport_kind"], details=v["transport_details"]),
                 state=v["state"], created_at=from_ms(v["created_at"]),
                 updated_at=from_ms(v["updated_at"]), last_seen=from_ms(v["last_seen"]),
-                expires_at=from_ms(v["expires_at"]),
+                expires_at=from_ms(v["expires_at"]), host=v["host"],
             )  # fmt: skip
         v = token_values(row)
         return Token(
@@ -675,8 +696,12 @@ def refuse_newer(version: int, path: StrPath) -> None:
         )
 
 
-def prepare_schema(conn: sqlite3.Connection, path: StrPath) -> None:
-    """Create or upgrade the schema; on a current database, only read its version."""
+def prepare_schema(conn: sqlite3.Connection, path: StrPath, host_id: str | None = None) -> None:
+    """Create or upgrade the schema; on a current database, only read its version.
+
+    ``host_id``: what the rows of a database older than version 3 take as their host (default
+    :func:`registry.defaults.host_id`).
+    """
     version = schema_version(conn)
     if version == SCHEMA_VERSION:
         return  # the common case: no write and no DDL
@@ -693,6 +718,10 @@ def prepare_schema(conn: sqlite3.Connection, path: StrPath) -> None:
             for statement in MIGRATIONS[step].split(";"):
                 if statement.strip():
                     conn.execute(statement)
+        if 0 < version < 3:
+            host = defaults.host_id() if host_id is None else host_id
+            for table in ("sessions", "commands"):
+                conn.execute(f"UPDATE {table} SET host = ? WHERE host = ?", (host, _NO_HOST))
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     # journal_mode is persistent in the file; it cannot change inside a transaction.
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -757,12 +786,17 @@ def transaction(
 
 
 def register_row(
-    conn: sqlite3.Connection, session_id: str, given: dict[str, Any], now: int, expires_at: int
+    conn: sqlite3.Connection,
+    session_id: str,
+    given: dict[str, Any],
+    now: int,
+    expires_at: int,
+    host: str,
 ) -> tuple[Any, ...]:
     """Run register's statement with encoded columns (a None: not given) inside the caller's
-    transaction; the stored row."""
-    if None in given.values():
-        given = {name: value for name, value in given.items() if value is not None}
+    transaction, the session's host set to ``host`` (SPEC 2); the stored row."""
+    given = {name: value for name, value in given.items() if value is not None}
+    given["host"] = host  # a copy: the caller's mapping is left alone
     names = tuple(given)
     sql = _REGISTER_SQL.get(names) or _register_statement(names)
     conn.execute(sql, (session_id, *given.values(), now, expires_at))

@@ -74,6 +74,7 @@ def test_the_file_format(store: JsonStore, tmp_path: Path, clock: FakeClock) -> 
         "last_error": None,
         "created_at": START_MS,
         "updated_at": START_MS + 1500,
+        "host": store.host_id,
     }
     aa = document["commands"]["aa"]
     assert (aa["seq"], aa["session_id"], aa["chat_id"], aa["state"]) == (2, None, None, "ready")

@@ -1,4 +1,5 @@
-"""The upgrade of a real version-1 database (the previous release's output) to version 2 (SPEC 4).
+"""The upgrade of a real version-1 database (the previous release's output) to version 3 (SPEC 4),
+and of a version-2 database (the inbox) to version 3 (the host of sessions and commands).
 
 ``tests/data/schema/ccr-v1.db`` was written by the previous release (see the README beside it).
 Every test works on a copy in ``tmp_path``; the committed file is checked byte for byte after
@@ -14,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ V1_TOKENS = (
     "FROM tokens ORDER BY token"
 )
 V1_META = "SELECT key, value FROM meta ORDER BY key"
+# The host_id the upgrading store is opened with: rows of an older version take it (SPEC 2).
+UPGRADE_HOST = "upgrade-host"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,7 +88,8 @@ def raw(path: Path) -> dict[str, Any]:
 
 
 def open_v1(data_dir: Path, clock: FakeClock) -> SqliteStore:
-    store = open_store({"backend": "sqlite", "data_dir": str(data_dir)}, clock=clock)
+    config = {"backend": "sqlite", "data_dir": str(data_dir), "host_id": UPGRADE_HOST}
+    store = open_store(config, clock=clock)
     assert isinstance(store, SqliteStore)
     return store
 
@@ -104,19 +109,97 @@ def test_the_upgrade_keeps_every_session_and_token_field_for_field(
     path = v1_dir / "ccr.db"
     before = raw(path)
     with open_v1(v1_dir, clock) as store:
-        assert store._conn().execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store._conn().execute("PRAGMA user_version").fetchone()[0] == 3
         for row in before["sessions"]:
-            assert store.sessions.get(row[0]) == decode_session(row)
+            assert store.sessions.get(row[0]) == decode_session((*row, UPGRADE_HOST))
         tokens = [t for sid in SESSION_IDS for t in store.tokens.tokens_for_session(sid)]
         assert sorted(tokens, key=lambda t: t.token) == [decode_token(r) for r in before["tokens"]]
         # The clock is the one the database was made with: everything in it is still live.
         assert len(store.sessions.list_sessions(active_only=True)) == 2
         assert store.tokens.get_session_by_token(TOKENS[0]) == store.sessions.get("s-nvim")
     after = raw(path)
-    assert after["user_version"] == 2
+    assert after["user_version"] == 3
     assert after["tables"] == {"sessions", "tokens", "meta", "commands", "sqlite_sequence"}
     for key in ("sessions", "tokens", "meta"):
         assert after[key] == before[key], key
+    assert hosts(path, "sessions") == {sid: UPGRADE_HOST for sid in SESSION_IDS}
+
+
+def hosts(path: Path, table: str) -> dict[str, str]:
+    """The host column of every row of ``sessions`` or ``commands``, by id."""
+    key = "session_id" if table == "sessions" else "command_id"
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute(f"SELECT {key}, host FROM {table}").fetchall())
+    finally:
+        conn.close()
+
+
+# Version-2 command rows, spelled out (SPEC 4's version-2 table without the host).
+V2_COMMANDS = (
+    "SELECT seq, command_id, session_id, payload, chat_id, state, attempts, available_at, "
+    "lease_owner, lease_until, last_error, created_at, updated_at FROM commands ORDER BY seq"
+)
+
+
+def make_v2(path: Path) -> None:
+    """Turn the version-1 copy at ``path`` into a version-2 database holding commands.
+
+    Version 2's own step (MIGRATIONS[1], released with the inbox) on the version-1 file, and
+    commands inserted in its columns, as the version-2 code wrote them.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in sqlite_sql.MIGRATIONS[1].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO commands (seq, command_id, session_id, payload, chat_id, state, "
+            "attempts, available_at, lease_owner, lease_until, last_error, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (1, "c-done", "s-nvim", '{"text":"ls"}', -5, "done", 1, 1, None, None, None, 1, 2),
+                (2, "c-ready", "s-pty", "{}", None, "ready", 0, 3, None, None, None, 3, 3),
+                (3, "c-free", None, '{"n":1}', 7, "ready", 0, 4, None, None, "x", 4, 4),
+            ],
+        )
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_a_version_2_database_upgrades_keeping_every_row(v1_dir: Path, clock: FakeClock) -> None:
+    path = v1_dir / "ccr.db"
+    make_v2(path)
+    before = raw(path)
+    conn = sqlite3.connect(path)
+    commands_before = conn.execute(V2_COMMANDS).fetchall()
+    conn.close()
+    assert before["user_version"] == 2 and len(commands_before) == 3
+    with open_v1(v1_dir, clock) as store:
+        listed = store.inbox.list_commands()
+        assert [(c.command_id, c.host) for c in listed] == [
+            ("c-done", UPGRADE_HOST),
+            ("c-ready", UPGRADE_HOST),
+            ("c-free", UPGRADE_HOST),
+        ]
+        assert [s.host for s in store.sessions.list_sessions()] == [UPGRADE_HOST] * 3
+        # The upgraded rows are this host's: its claim sees them, its ppid lookup too.
+        claimed = store.inbox.claim("daemon")
+        assert claimed is not None and claimed.command_id == "c-ready"
+        store.inbox.fail("c-ready", "daemon", "later", retry_in=timedelta(hours=1))
+    after = raw(path)
+    assert after["user_version"] == 3
+    for key in ("sessions", "tokens", "meta"):
+        assert after[key] == before[key], key
+    conn = sqlite3.connect(path)
+    commands_after = conn.execute(V2_COMMANDS).fetchall()
+    conn.close()
+    assert commands_after[0] == commands_before[0] and commands_after[2] == commands_before[2]
+    assert hosts(path, "commands") == {c: UPGRADE_HOST for c in ("c-done", "c-ready", "c-free")}
+    assert hosts(path, "sessions") == {sid: UPGRADE_HOST for sid in SESSION_IDS}
 
 
 def test_the_inbox_works_on_an_upgraded_database(v1_dir: Path, clock: FakeClock) -> None:
@@ -141,8 +224,10 @@ def test_a_failing_upgrade_step_leaves_version_1_whole(
 ) -> None:
     path = v1_dir / "ccr.db"
     before = raw(path)
-    failing = sqlite_sql.MIGRATIONS[1] + ";\nINSERT INTO no_such_table VALUES (1)"
-    monkeypatch.setattr(sqlite_sql, "MIGRATIONS", (sqlite_sql.MIGRATIONS[0], failing))
+    # The last step fails after the version-2 step ran: both are one transaction.
+    first, second, third = sqlite_sql.MIGRATIONS
+    failing = third + ";\nINSERT INTO no_such_table VALUES (1)"
+    monkeypatch.setattr(sqlite_sql, "MIGRATIONS", (first, second, failing))
     with pytest.raises(RegistryError, match="no_such_table"):
         open_v1(v1_dir, clock)
     assert raw(path) == before  # version 1, no commands table, every row as it was
@@ -150,7 +235,7 @@ def test_a_failing_upgrade_step_leaves_version_1_whole(
     with open_v1(v1_dir, clock) as store:
         store.inbox.enqueue("c1", {}, session_id="s-pty")
     after = raw(path)
-    assert after["user_version"] == 2 and "commands" in after["tables"]
+    assert after["user_version"] == 3 and "commands" in after["tables"]
     assert after["sessions"] == before["sessions"]
 
 
@@ -181,7 +266,7 @@ def test_processes_opening_one_version_1_file_together_upgrade_it_once(
         for worker in workers:
             worker.finish()  # a second run of the step would fail: "table commands already exists"
         after = raw(data_dir / "ccr.db")
-        assert after["user_version"] == 2 and "commands" in after["tables"]
+        assert after["user_version"] == 3 and "commands" in after["tables"]
         assert (after["sessions"], after["tokens"]) == (before["sessions"], before["tokens"])
         assert schema_cookie(data_dir / "ccr.db") == once
 
@@ -219,7 +304,7 @@ def test_a_hook_on_a_version_1_database_falls_back_and_upgrades(
     # The fast path saw version 1 and gave up; the store (and its models) did the upgrade.
     assert "registry.factory" in imported_modules(done.stderr)
     after = raw(v1_dir / "ccr.db")
-    assert after["user_version"] == 2 and "commands" in after["tables"]
+    assert after["user_version"] == 3 and "commands" in after["tables"]
     assert [row for row in after["sessions"] if row[0] != "s-new"] == before["sessions"]
     assert after["tokens"] == before["tokens"]
     with open_v1(v1_dir, clock) as store:

@@ -25,7 +25,7 @@ def pragma(store: SqliteStore, name: str) -> object:
 
 def test_schema_version_and_objects(tmp_path: Path, clock: FakeClock) -> None:
     with open_sqlite(tmp_path, clock) as store:
-        assert pragma(store, "user_version") == SCHEMA_VERSION == 2
+        assert pragma(store, "user_version") == SCHEMA_VERSION == 3
         names = {
             row[0]
             for row in store._conn().execute("SELECT name FROM sqlite_master WHERE sql IS NOT NULL")
@@ -34,7 +34,7 @@ def test_schema_version_and_objects(tmp_path: Path, clock: FakeClock) -> None:
         "sessions",
         "tokens",
         "meta",
-        "idx_sessions_ppid",
+        "idx_sessions_host_ppid",
         "idx_sessions_notify",
         "idx_sessions_expires",
         "idx_tokens_session",
@@ -42,6 +42,7 @@ def test_schema_version_and_objects(tmp_path: Path, clock: FakeClock) -> None:
         "commands",
         "sqlite_sequence",  # AUTOINCREMENT's record of the largest seq ever given
         "idx_commands_queue",
+        "idx_commands_claim",
         "idx_commands_head",
         "idx_commands_session",
         "idx_commands_finished",
@@ -145,7 +146,7 @@ def test_opening_a_current_database_writes_nothing(
 @pytest.mark.parametrize(
     ("call", "index"),
     [
-        ("get_by_ppid", "idx_sessions_ppid"),
+        ("get_by_ppid", "idx_sessions_host_ppid"),
         ("get_notify_sessions", "idx_sessions_notify"),
     ],
 )

@@ -1,4 +1,4 @@
-"""What only the sqlite backend promises about the inbox (SPEC 4, schema version 2).
+"""What only the sqlite backend promises about the inbox (SPEC 4, schema versions 2 and 3).
 
 The statements checked are the ones the store really runs: each API call is traced on the
 store's connection (sqlite3 hands the trace callback the SQL with its values bound) and every
@@ -86,7 +86,7 @@ def fill_done(store: SqliteStore, count: int) -> None:
         row.update(
             seq=seq, command_id=f"old-{seq}", session_id=f"s{seq % 7}", payload="{}",
             state="done", attempts=1, available_at=BASE_MS, created_at=BASE_MS,
-            updated_at=BASE_MS + seq,
+            updated_at=BASE_MS + seq, host=store.host_id,
         )  # fmt: skip
         rows.append(tuple(row[f] for f in COMMAND_FIELDS))
     with store.writing(savepoint=False):
@@ -128,7 +128,7 @@ def test_every_inbox_statement_uses_an_index(store: SqliteStore, clock: FakeCloc
             assert not [line for line in plan if BARE_SCAN.match(line)], (name, sql, plan)
     # The statements as prepared, with parameters (the traced text has its values inlined).
     for sql, params in [
-        (NEXT_CLAIMABLE, (BASE_MS,)),
+        (NEXT_CLAIMABLE, (BASE_MS, store.host_id)),
         (FINISHED_COMMANDS, (BASE_MS,)),
         (END_COMMANDS, ("session removed", BASE_MS, "b")),
     ]:
@@ -136,10 +136,11 @@ def test_every_inbox_statement_uses_an_index(store: SqliteStore, clock: FakeCloc
         assert plan and not [line for line in plan if BARE_SCAN.match(line)], (sql, plan)
         assert all("USING" in line or "SUBQUERY" in line for line in plan), (sql, plan)
     claim = next(iter(plans(store, lambda: store.inbox.claim("daemon")).values()))
-    # The outer walk is the pending-only queue index in seq order; the head check one probe.
-    assert claim[0] == "SCAN c USING INDEX idx_commands_queue"
-    assert any(re.match(r"SEARCH p USING INDEX idx_commands_head \(session_id=\? AND", line)
-               for line in claim), claim  # fmt: skip
+    # The outer walk is the pending-only queue index of the store's host in seq order; the
+    # head check one probe.
+    assert claim[0] == "SEARCH c USING INDEX idx_commands_claim (host=?)"
+    head = r"SEARCH p USING INDEX idx_commands_head \(session_id=\? AND"
+    assert any(re.match(head, line) for line in claim), claim
     (cleanup,) = plans(store, store.inbox.cleanup_inbox).values()
     assert cleanup[0].startswith("SEARCH commands USING INDEX idx_commands_finished")
     (by_session,) = plans(store, lambda: store.inbox.list_commands(session_id="b")).values()
@@ -156,7 +157,7 @@ def claim_among_done(data_dir: Path, clock: FakeClock, done: int) -> tuple[Comma
         found: list[Command | None] = []
         cost = steps(opened, lambda: found.append(opened.inbox.claim("daemon")))
         (plan,) = plans(opened, lambda: opened.inbox.claim("daemon")).values()
-        assert plan[0] == "SCAN c USING INDEX idx_commands_queue"
+        assert plan[0] == "SEARCH c USING INDEX idx_commands_claim (host=?)"
     return found[0], cost
 
 

@@ -7,7 +7,8 @@ It prints ``ready``, waits for a line on stdin (the start barrier), runs MODE an
 
 The inbox modes print what they did instead: ``inbox-consume`` prints ``claim`` and ``done``
 event lines until no command is pending, ``inbox-hold`` prints the command it claimed and then
-holds its lease until it is killed.
+holds its lease until it is killed. ``janitor-dead`` runs COUNT dead-session passes of a
+Janitor with the real liveness probe and prints ``removed ID...`` after each.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def ticket(store: Store) -> int:
     return number
 
 
-def consume(store: Store, owner: str) -> None:
-    """Claim and complete commands until none is pending, printing each event with the ticket
-    taken in the same unit as the claim or the completion:
+def consume(store: Store, owner: str, host: str | None = None) -> None:
+    """Claim and complete commands until none is pending (of ``host`` when given: the ones
+    this store may claim), printing each event with the ticket taken in the same unit as the
+    claim or the completion:
 
         claim COMMAND_ID SEQ ATTEMPTS TICKET PID
         done COMMAND_ID SEQ TICKET PID
@@ -43,7 +45,7 @@ def consume(store: Store, owner: str) -> None:
             command = store.inbox.claim(owner)
             number = ticket(store) if command is not None else 0
         if command is None:
-            if not any(c.pending for c in store.inbox.list_commands()):
+            if not any(c.pending for c in store.inbox.list_commands(host=host)):
                 return
             os.sched_yield()  # the rest is held back by other consumers' leases
             continue
@@ -98,7 +100,20 @@ def main() -> None:
             print(f"ack {i}", flush=True)
             i += 1
     elif mode == "inbox-consume":
-        consume(store, f"w{worker}")
+        consume(store, f"w{worker}", config.get("host_id"))
+    elif mode == "register-ppid":
+        # WORKER is the ppid every session gets.
+        for i in range(count):
+            store.sessions.register(f"p{worker}-{i}", ppid=int(worker))
+            print(f"ack {i}", flush=True)
+    elif mode == "janitor-dead":
+        from registry.janitor import Janitor
+
+        janitor = Janitor(store)
+        for _ in range(count):
+            result = janitor.run_dead_pass()
+            assert result.error is None, result.error
+            print("removed", *result.sessions, flush=True)
     elif mode == "inbox-hold":
         command = store.inbox.claim(f"w{worker}")
         assert command is not None

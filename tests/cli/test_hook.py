@@ -84,6 +84,45 @@ def test_defaults_are_the_config_defaults() -> None:
     assert config.lock_timeout_s == defaults.LOCK_TIMEOUT_S
     assert config.migrate_from_json is defaults.MIGRATE_FROM_JSON
     assert config.db_path.name == defaults.DB_FILE_NAME
+    assert config.host_id == defaults.host_id()
+
+
+def test_the_hook_stamps_the_host_id_on_both_paths(
+    env: dict[str, str], run: Run, tmp_path: Path
+) -> None:
+    """$CCR_HOST_ID, else the hostname (SPEC 5), on the first start (the store) and on the
+    fast path (sqlite_sql.register_row); a re-register from another host moves the session."""
+    import socket
+
+    first = {"CCR_HOST_ID": "m-1"}
+    assert run("hook", "session-start", stdin=hook_input("s1"), extra_env=first).returncode == 0
+    fast = subprocess.run(
+        [sys.executable, "-X", "importtime", str(SCRIPT), "hook", "session-start"],
+        input=hook_input("s2"),
+        capture_output=True,
+        text=True,
+        env={**env, "CCR_HOST_ID": "m-2"},
+        timeout=60,
+    )
+    assert fast.returncode == 0 and "registry.models" not in imported_modules(fast.stderr)
+    assert run("hook", "session-start", stdin=hook_input("s3")).returncode == 0
+    moved = {"CCR_HOST_ID": "m-3"}
+    assert run("hook", "session-start", stdin=hook_input("s1"), extra_env=moved).returncode == 0
+    with open_store({"data_dir": str(tmp_path / "data"), "host_id": "reader"}) as store:
+        hosts = {s.session_id: s.host for s in store.sessions.list_sessions()}
+    assert hosts == {"s1": "m-3", "s2": "m-2", "s3": socket.gethostname()}
+
+
+def test_a_bad_host_id_is_refused_with_a_warning_and_writes_nothing(
+    run: Run, tmp_path: Path
+) -> None:
+    assert run("hook", "session-start", stdin=hook_input("s1")).returncode == 0
+    bad = {"CCR_HOST_ID": "x" * 300}
+    done = run("hook", "session-start", stdin=hook_input("s2"), extra_env=bad)
+    assert (done.returncode, done.stdout) == (0, "")
+    assert "host_id" in done.stderr
+    with open_store({"data_dir": str(tmp_path / "data"), "host_id": "reader"}) as store:
+        assert store.sessions.get("s2") is None
 
 
 # --------------------------------------------------------------------------- never fail the agent

@@ -227,6 +227,7 @@ def session_to_json(session: Session) -> dict[str, Any]:
         "updated_at": iso(session.updated_at),
         "last_seen": iso(session.last_seen),
         "expires_at": iso(session.expires_at),
+        "host": session.host,
     }
 
 
@@ -296,6 +297,7 @@ def command_to_json(command: Command) -> dict[str, Any]:
         "last_error": command.last_error,
         "created_at": iso(command.created_at),
         "updated_at": iso(command.updated_at),
+        "host": command.host,
     }
 
 
@@ -725,7 +727,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         status = "imported"
     else:
         found = import_status(
-            config.data_dir, config.db_path, lock_timeout_s=60, inbox_dir=config.inbox_dir
+            config.data_dir,
+            config.db_path,
+            lock_timeout_s=60,
+            inbox_dir=config.inbox_dir,
+            host_id=config.host_id,
         )
         if found.report is None:
             raise CommandError(

@@ -885,6 +885,7 @@ def import_status(
     *,
     lock_timeout_s: float = 60,
     inbox_dir: str | os.PathLike[str] | None = None,
+    host_id: str | None = None,
 ) -> ImportStatus:
     """What the import that built ``db_path`` read, and whether the legacy files changed since.
 
@@ -894,7 +895,7 @@ def import_status(
     """
     json_dir, db_path = Path(json_dir).expanduser(), Path(db_path).expanduser()
     inbox = None if inbox_dir is None else Path(inbox_dir).expanduser()
-    report = stored_report(db_path)
+    report = stored_report(db_path, host_id=host_id)
     files = _read_sources(json_dir, lock_timeout_s) if _json_files_present(json_dir) else {}
     current = _checksums(files)
     for path in legacy_inbox_files(inbox, json_dir):
@@ -1038,8 +1039,13 @@ def _recover_replacement(db_path: Path) -> None:
     fsync_dir(db_path.parent)
 
 
-def stored_report(db_path: str | os.PathLike[str]) -> MigrationReport | None:
+def stored_report(
+    db_path: str | os.PathLike[str], *, host_id: str | None = None
+) -> MigrationReport | None:
     """The report of the import that built ``db_path``, if it was built by one.
+
+    ``host_id``: the host an older database's rows take if this open upgrades it (default:
+    this machine's, SPEC 2).
 
     :raises MigrationError: if there is no database at ``db_path``.
     """
@@ -1053,6 +1059,7 @@ def stored_report(db_path: str | os.PathLike[str]) -> MigrationReport | None:
         session_ttl=DEFAULT_TTL,
         token_ttl=DEFAULT_TTL,
         lock_timeout_s=10,
+        host_id=host_id,
     )
     try:
         raw = store.read_meta(REPORT_KEY)

@@ -104,7 +104,9 @@ def test_the_hook_stamps_the_host_id_on_both_paths(
         env={**env, "CCR_HOST_ID": "m-2"},
         timeout=60,
     )
-    assert fast.returncode == 0 and "registry.models" not in imported_modules(fast.stderr)
+    assert fast.returncode == 0
+    # The fast path, and the hostname without the socket module (2 to 4 ms of imports).
+    assert imported_modules(fast.stderr) & {"registry.models", "socket"} == set()
     assert run("hook", "session-start", stdin=hook_input("s3")).returncode == 0
     moved = {"CCR_HOST_ID": "m-3"}
     assert run("hook", "session-start", stdin=hook_input("s1"), extra_env=moved).returncode == 0

@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from registry import open_store
+from registry import defaults, open_store
 from registry.backends.sqlite_sql import (
     COMMAND_FIELDS,
     NEXT_CLAIMABLE,
@@ -71,6 +71,9 @@ LEASE_MS = 60_000
 MAX_ATTEMPTS = 10
 DAY_MS = 86_400_000
 COL = {name: i for i, name in enumerate(COMMAND_FIELDS)}
+# The host the library's store stamps on its commands (host_id's default), so the floor's rows and
+# its claim see the same values.
+HOST = defaults.host_id()
 PENDING_LEFT = "SELECT EXISTS (SELECT 1 FROM commands WHERE state IN ('ready', 'leased'))"
 LEGACY_SCHEMA = (
     "CREATE TABLE inbox (command_id TEXT PRIMARY KEY, received_at INTEGER, payload TEXT, "
@@ -142,7 +145,7 @@ def command_row(seq: int, command_id: str, session_id: str, state: str, at: int)
     error = "gave up after 10 attempts" if state == "dead" else None
     attempts = 1 if state == "done" else (MAX_ATTEMPTS if state == "dead" else 0)
     return (seq, command_id, session_id, compact(payload_of(session_id)), 7, state, attempts,
-            at, None, None, error, at, at)  # fmt: skip
+            at, None, None, error, at, at, HOST)  # fmt: skip
 
 
 class Ours(Subject):
@@ -253,7 +256,7 @@ class Floor(Ours):
                 conn.execute(
                     UPSERT_COMMAND,
                     (seq, command_id, session_id, body, 7, "ready", 0, now, None, None, None,
-                     now, now),
+                     now, now, HOST),
                 )  # fmt: skip
             conn.execute("COMMIT")
         except BaseException:
@@ -266,7 +269,7 @@ class Floor(Ours):
         conn.execute("BEGIN IMMEDIATE")
         try:
             while True:
-                row = conn.execute(NEXT_CLAIMABLE, (now,)).fetchone()
+                row = conn.execute(NEXT_CLAIMABLE, (now, HOST)).fetchone()
                 if row is None:
                     conn.execute("COMMIT")
                     return None

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from psycopg_pool import ConnectionPool  # noqa: E402
 
-from registry import open_store  # noqa: E402
+from registry import defaults, open_store  # noqa: E402
 from registry.backends.postgres import (  # noqa: E402
     BUMP_DATA_VERSION,
     NEXT_CLAIMABLE,
@@ -79,6 +79,9 @@ TARGETS = {
 }
 S = {name: i for i, name in enumerate(SESSION_FIELDS)}
 C = {name: i for i, name in enumerate(COMMAND_FIELDS)}
+# The host the library's store stamps on its rows (host_id's default): the floor writes and
+# claims with the same value.
+HOST = defaults.host_id()
 PAYLOAD = {"text": "run the tests and fix what fails", "chatId": 7}
 
 
@@ -203,7 +206,7 @@ class Floor:
             row = conn.execute(SELECT_SESSION, (sid,)).fetchone()
             if row is None:
                 new: list[Any] = [sid, ppid, None, None, None, None, 0, "unknown", "{}",
-                                  "running", now, now, now, now + DAY_MS]  # fmt: skip
+                                  "running", now, now, now, now + DAY_MS, HOST]  # fmt: skip
             else:
                 new = list(row)
                 new[S["ppid"]] = ppid
@@ -237,7 +240,7 @@ class Floor:
         now = now_ms()
 
         def claim(conn: psycopg.Connection[Any]) -> str:
-            row = conn.execute(NEXT_CLAIMABLE, {"now": now}).fetchone()
+            row = conn.execute(NEXT_CLAIMABLE, {"now": now, "host": HOST}).fetchone()
             assert row is not None, "no command left to claim"
             new = list(row)
             new[C["state"]] = "leased"

@@ -27,11 +27,14 @@ from typing import Any, ClassVar
 
 import filelock
 
-from registry import open_store
+from registry import defaults, open_store
 from registry.backends.sqlite_sql import MIGRATIONS, SESSION_COLUMNS
 from registry.models import Transport
 
 DAY_MS = 86_400_000
+# The host the library's store stamps on its sessions (host_id's default); the floor writes it
+# and looks ppids up by it, as the library does on schema version 3.
+HOST = defaults.host_id()
 # The single-process workloads of bench/run.py, in report order.
 OPS = [
     "get",
@@ -139,15 +142,17 @@ class Raw(Subject):
         self.open()
         if self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
             raise RuntimeError("no WAL")
-        for statement in MIGRATIONS[0].split(";"):
-            if statement.strip():
-                self.conn.execute(statement)
+        # The library's whole schema (every version step), so the floor's indexes are its own.
+        for step in MIGRATIONS:
+            for statement in step.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.executemany(
             f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES "
             "(:session_id, :ppid, :pid, :start_time, :cwd, :label, :notify, :transport_kind, "
-            ":details, :state, :created_at, :updated_at, :last_seen, :expires_at)",
-            [{**s, "details": json.dumps(s["transport_details"])} for s in sessions],
+            ":details, :state, :created_at, :updated_at, :last_seen, :expires_at, :host)",
+            [{**s, "details": json.dumps(s["transport_details"]), "host": HOST} for s in sessions],
         )
         self.conn.executemany(
             "INSERT INTO tokens (token, session_id, chat_id, created_at, expires_at) "
@@ -165,10 +170,12 @@ class Raw(Subject):
     def register(self, sid: str, ppid: int, now: int) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute(
-            "INSERT INTO sessions (session_id, ppid, created_at, updated_at, last_seen, expires_at)"
-            " VALUES (?1, ?2, ?3, ?3, ?3, ?4) ON CONFLICT (session_id) DO UPDATE SET"
-            " ppid = COALESCE(?2, ppid), updated_at = ?3, last_seen = ?3, expires_at = ?4",
-            (sid, ppid, now, now + DAY_MS),
+            "INSERT INTO sessions"
+            " (session_id, ppid, created_at, updated_at, last_seen, expires_at, host)"
+            " VALUES (?1, ?2, ?3, ?3, ?3, ?4, ?5) ON CONFLICT (session_id) DO UPDATE SET"
+            " ppid = COALESCE(?2, ppid), updated_at = ?3, last_seen = ?3, expires_at = ?4,"
+            " host = ?5",
+            (sid, ppid, now, now + DAY_MS, HOST),
         )
         self.conn.execute("COMMIT")
 
@@ -187,9 +194,9 @@ class Raw(Subject):
 
     def get_by_ppid(self, ppid: int, now: int) -> Any:
         return self.conn.execute(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ppid = ? AND state = 'running' "
-            "AND expires_at > ? ORDER BY last_seen DESC, session_id LIMIT 1",
-            (ppid, now),
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE host = ? AND ppid = ? "
+            "AND state = 'running' AND expires_at > ? ORDER BY last_seen DESC, session_id LIMIT 1",
+            (HOST, ppid, now),
         ).fetchone()
 
     def notify_list(self, now: int) -> list[Any]:

@@ -11,7 +11,7 @@ them; a backend only finds, saves and deletes command records.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from registry.defaults import SESSION_REMOVED
@@ -90,9 +90,6 @@ class Inbox:
     @property
     def settings(self) -> InboxSettings:
         return self._store.inbox_settings
-
-    def _later(self, now: datetime, name: str, delta: object) -> datetime:
-        return add_ttl(now, _duration(name, delta))
 
     # ----------------------------------------------------------------- producers
 
@@ -181,10 +178,20 @@ class Inbox:
                 store.save_command(claimed)
                 return claimed
 
-    def _leased(self, command_id: str, owner: str) -> Command:
-        """The command, which must be leased by ``owner``; inside a write unit."""
+    @staticmethod
+    def _lease_args(command_id: str, owner: str) -> bool:
+        """Check the arguments of a lease holder's call, before its unit.
+
+        Returns whether some command could have that id (one no record can hold is simply not
+        found); a non-string id or an invalid owner raises ValidationError.
+        """
+        possible = is_key("command_id", command_id)
         check_key("owner", owner)
-        found = self._store.load_command(command_id) if is_key("command_id", command_id) else None
+        return possible
+
+    def _leased(self, command_id: str, owner: str, possible: bool) -> Command:
+        """The command, which must be leased by ``owner``; inside a write unit."""
+        found = self._store.load_command(command_id) if possible else None
         if found is None:
             raise CommandNotFound(f"no command {command_id!r}")
         if found.state != "leased" or found.lease_owner != owner:
@@ -195,11 +202,10 @@ class Inbox:
     def extend(self, command_id: str, owner: str, *, lease: timedelta | None = None) -> Command:
         store = self._store
         length = self.settings.lease if lease is None else _duration("lease", lease)
-        is_key("command_id", command_id)
-        check_key("owner", owner)
+        possible = self._lease_args(command_id, owner)
         with store._write() as now:
             command = changed_command(
-                self._leased(command_id, owner),
+                self._leased(command_id, owner, possible),
                 lease_until=add_ttl(now, length),
                 updated_at=now,
             )
@@ -208,11 +214,10 @@ class Inbox:
 
     def complete(self, command_id: str, owner: str) -> Command:
         store = self._store
-        is_key("command_id", command_id)
-        check_key("owner", owner)
+        possible = self._lease_args(command_id, owner)
         with store._write() as now:
             command = changed_command(
-                self._leased(command_id, owner),
+                self._leased(command_id, owner, possible),
                 state="done",
                 lease_owner=None,
                 lease_until=None,
@@ -231,15 +236,14 @@ class Inbox:
         final: bool = False,
     ) -> Command:
         store = self._store
-        is_key("command_id", command_id)
-        check_key("owner", owner)
+        possible = self._lease_args(command_id, owner)
         if not isinstance(error, str):
             raise ValidationError(f"error must be a string, got {type(error).__name__}")
         check_text("error", error)
         wait = None if retry_in is None else _duration("retry_in", retry_in)
         check_bool("final", final)
         with store._write() as now:
-            found = self._leased(command_id, owner)
+            found = self._leased(command_id, owner, possible)
             released: dict[str, Any] = {
                 "lease_owner": None,
                 "lease_until": None,

@@ -4,6 +4,11 @@ Resolution when ``open_store()`` gets no config (SPEC 5): ``$CCR_REGISTRY_CONFIG
 ``ccr-registry.toml`` in the default data directory (``$CCR_DATA_DIR``, or ``~/.ccr`` when that
 is unset) if it exists, else the defaults with that data directory. ``~`` is expanded
 everywhere; a relative path in a TOML file is relative to that file's directory.
+
+A backend of another distribution (SPEC 5) keeps its settings in a ``[store.<name>]`` table of its
+own: any table under ``[store]`` that is not one of :data:`TABLE_KEYS` is kept, unchecked, in
+:attr:`StoreConfig.plugin_settings`, and :func:`registry.factory.check_backends` refuses one that
+no installed backend is named after (this module does not read entry points).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 
 from registry import defaults
 from registry.errors import ConfigError, ValidationError
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKEND_NAMES",
     "CONFIG_FILE_NAME",
+    "TABLE_KEYS",
     "DualConfig",
     "PostgresConfig",
     "StoreConfig",
@@ -60,6 +67,8 @@ STORE_KEYS: Final = (
     "dual",
     "postgres",
 )
+# The tables of [store] this module reads itself; any other table is a plug-in backend's.
+TABLE_KEYS: Final = ("dual", "postgres")
 DUAL_KEYS: Final = ("primary", "secondary", "compare_reads", "strict")
 POSTGRES_KEYS: Final = ("dsn", "schema")
 # A schema name as the store spells it: unquoted PostgreSQL identifier rules, lower case (a
@@ -154,6 +163,41 @@ def _check_keys(table: str, mapping: Mapping[str, Any], valid: tuple[str, ...]) 
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(shown, unknown))} in "
             f"[{table}]; valid keys: {', '.join(valid)}"
         )
+
+
+# A plug-in backend's table when the config has none.
+EMPTY_TABLE: Final[Mapping[str, object]] = MappingProxyType({})
+
+
+def _read_only(value: object) -> object:
+    # A table becomes a read-only mapping and an array a tuple, all the way down, so that no
+    # store can change the settings another store of the same config reads.
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _read_only(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_read_only(item) for item in value)
+    return value
+
+
+def _plugin_settings(value: object) -> Mapping[str, Mapping[str, object]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"plugin_settings must be a mapping of backend names to tables, got {shown(value)}"
+        )
+    tables: dict[str, Mapping[str, object]] = {}
+    for name, table in value.items():
+        if not isinstance(name, str) or not name or name in STORE_KEYS:
+            raise ConfigError(
+                f"{shown(name)} cannot name a plug-in backend's table: not a [store] key "
+                f"({', '.join(STORE_KEYS)})"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[store.{name}] must be a table, got {shown(table)}")
+        try:
+            tables[name] = MappingProxyType({key: _read_only(item) for key, item in table.items()})
+        except RecursionError:
+            raise ConfigError(f"[store.{name}] is nested too deeply") from None
+    return MappingProxyType(tables)
 
 
 class _Frozen:
@@ -276,13 +320,21 @@ class PostgresConfig(_Frozen):
 class StoreConfig(_Frozen):
     """The resolved ``[store]`` table.
 
-    ``source`` says where it came from (a file path, ``"mapping"`` or ``"defaults"``) and
-    ``explicit`` which keys that source set (``dual.*`` for the dual table); neither takes part
-    in equality.
+    ``source`` says where it came from (a file path, ``"mapping"`` or ``"defaults"``),
+    ``explicit`` which keys that source set (``dual.*`` for the dual table, ``<name>`` and
+    ``<name>.*`` for a plug-in table) and ``base_dir`` the directory its relative paths were
+    resolved against (a TOML file's directory; None: the current directory); none of them takes
+    part in equality.
+
+    ``plugin_settings`` holds every other table of ``[store]``, ``[store.<name>]``, by name: the
+    settings of a backend of another distribution (SPEC 5), which reads them with
+    :meth:`backend_settings`. They are read-only (a table is a read-only mapping and an array a
+    tuple, all the way down) and compared, but are neither hashed (their values need not be
+    hashable) nor shown by ``repr`` beyond their keys (they may hold a password).
     """
 
-    __slots__ = (*STORE_KEYS, "explicit", "source")
-    _fields = STORE_KEYS
+    __slots__ = (*STORE_KEYS, "base_dir", "explicit", "plugin_settings", "source")
+    _fields = (*STORE_KEYS, "plugin_settings")
     backend: str
     data_dir: Path
     sqlite_path: Path | None
@@ -297,8 +349,10 @@ class StoreConfig(_Frozen):
     inbox_retention_hours: float
     dual: DualConfig
     postgres: PostgresConfig
+    plugin_settings: Mapping[str, Mapping[str, object]]
     source: str
     explicit: frozenset[str]
+    base_dir: Path | None
 
     def __init__(
         self,
@@ -317,8 +371,10 @@ class StoreConfig(_Frozen):
         inbox_retention_hours: float = defaults.INBOX_RETENTION_HOURS,
         dual: DualConfig | None = None,
         postgres: PostgresConfig | None = None,
+        plugin_settings: Mapping[str, Mapping[str, object]] | None = None,
         source: str = SOURCE_DEFAULTS,
         explicit: frozenset[str] = frozenset(),
+        base_dir: Path | None = None,
     ) -> None:
         if dual is not None and not isinstance(dual, DualConfig):
             raise ConfigError("store.dual must be a DualConfig")
@@ -351,15 +407,50 @@ class StoreConfig(_Frozen):
             ),
             dual=DualConfig() if dual is None else dual,
             postgres=PostgresConfig() if postgres is None else postgres,
+            plugin_settings=EMPTY_TABLE
+            if plugin_settings is None
+            else _plugin_settings(plugin_settings),
             source=source,
             explicit=frozenset(explicit),
+            base_dir=base_dir,
         )
+
+    def __hash__(self) -> int:
+        # Equal configs have equal plug-in tables, hence the same names.
+        return hash((*(getattr(self, f) for f in STORE_KEYS), frozenset(self.plugin_settings)))
+
+    def __repr__(self) -> str:
+        parts = [f"{f}={getattr(self, f)!r}" for f in STORE_KEYS]
+        # The keys of each plug-in table, not its values: a value may be a password.
+        tables = ", ".join(
+            f"{name!r}: {{{', '.join(f'{key!r}: ...' for key in table)}}}"
+            for name, table in self.plugin_settings.items()
+        )
+        parts.append(f"plugin_settings={{{tables}}}")
+        return f"StoreConfig({', '.join(parts)})"
 
     def replace(self, **changes: Any) -> StoreConfig:
         """A copy with some values changed (validated like the constructor)."""
-        _check_keys("store", changes, (*STORE_KEYS, "source", "explicit"))
-        values = {name: getattr(self, name) for name in (*STORE_KEYS, "source", "explicit")}
+        names = (*self._fields, "source", "explicit", "base_dir")
+        _check_keys("store", changes, names)
+        values = {name: getattr(self, name) for name in names}
         return StoreConfig(**{**values, **changes})
+
+    def backend_settings(self, name: str) -> Mapping[str, object]:
+        """``[store.<name>]``: the settings of the plug-in backend ``name``, read-only.
+
+        The keys and values as the TOML file (or mapping) gave them, unchecked: the backend
+        validates them, and raises :meth:`error` with the key ``"<name>.<key>"`` so that the
+        message names the file. A table is a read-only mapping and an array a tuple; a relative
+        path is left as written (this module cannot tell which values are paths): resolve it
+        against :attr:`base_dir`, as the built-in keys are. An empty mapping if there is no
+        such table.
+        :raises ValueError: for ``dual`` and ``postgres``, whose tables are :attr:`dual` and
+            :attr:`postgres`.
+        """
+        if name in TABLE_KEYS:
+            raise ValueError(f"[store.{name}] is read by StoreConfig.{name}")
+        return self.plugin_settings.get(name, EMPTY_TABLE)
 
     @property
     def db_path(self) -> Path:
@@ -418,15 +509,22 @@ class StoreConfig(_Frozen):
     ) -> StoreConfig:
         """A config from a mapping shaped like the ``[store]`` table.
 
-        Relative paths are relative to ``base_dir`` (default: the current directory).
+        Relative paths are relative to ``base_dir`` (default: the current directory). A key
+        that is not a ``[store]`` key and holds a table is a plug-in backend's table, kept in
+        :attr:`plugin_settings`.
         :raises ConfigError: for an unknown key or a bad value, naming the choices (a backend
-            name is only checked to be a string here; :func:`registry.factory.open_store`
-            refuses one it does not have).
+            name, or the name of a plug-in table, is only checked to be a string here;
+            :func:`registry.factory.open_store` refuses one it does not have).
         """
         if not isinstance(mapping, Mapping):
             raise ConfigError(f"[store] must be a table, got {type(mapping).__name__}")
-        _check_keys("store", mapping, STORE_KEYS)
-        values: dict[str, Any] = dict(mapping)
+        plugins = {
+            key: value
+            for key, value in mapping.items()
+            if isinstance(key, str) and key not in STORE_KEYS and isinstance(value, Mapping)
+        }
+        values: dict[str, Any] = {k: v for k, v in mapping.items() if k not in plugins}
+        _check_keys("store", values, STORE_KEYS)
         if "data_dir" in values:
             values["data_dir"] = _path("store.data_dir", values["data_dir"], base_dir)
         for key in ("sqlite_path", "legacy_inbox_dir"):
@@ -439,7 +537,15 @@ class StoreConfig(_Frozen):
         if "postgres" in values and not isinstance(values["postgres"], PostgresConfig):
             values["postgres"] = PostgresConfig.from_mapping(values["postgres"])
             explicit |= {f"postgres.{key}" for key in mapping["postgres"]}
-        return cls(**values, source=source, explicit=frozenset(explicit))
+        for name, table in plugins.items():
+            explicit |= {name, *(f"{name}.{key}" for key in table)}
+        return cls(
+            **values,
+            plugin_settings=plugins,
+            source=source,
+            explicit=frozenset(explicit),
+            base_dir=base_dir,
+        )
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> StoreConfig:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry import defaults
 from registry.backends._base import BaseStore, Clock
-from registry.config import StoreConfig
+from registry.config import TABLE_KEYS, StoreConfig
 from registry.errors import ConfigError, RegistryError
 from registry.validation import shown
 
@@ -175,12 +175,16 @@ def check_backends(config: StoreConfig) -> None:
     backends exist; :func:`open_store` and :func:`store_exists` call it, and so does the
     command line once it has read a config. Both sides of a dual table are checked whatever the
     backend, as a typo there should not wait for the day the backend is switched to dual.
+    Likewise every plug-in table (``StoreConfig.plugin_settings``) must be named after an
+    installed backend whatever the backend: a misspelt ``[store.<name>]`` would otherwise be
+    ignored in silence. Its contents are the plug-in's to check, when it is opened.
     :raises ConfigError: naming the bad value, the valid names, and the file it came from.
     """
     names = (config.backend, config.dual.primary, config.dual.secondary)
     # Entry points are only looked up for a name that is not built in: the common case reads
     # no distribution metadata.
-    installed = tuple(installed_backends()) if set(names) - set(BACKENDS) else ()
+    unknown = set(names) - set(BACKENDS)
+    installed = tuple(installed_backends()) if unknown or config.plugin_settings else ()
     checks = (
         ("backend", "store.backend", config.backend, (*BACKENDS, *installed)),
         ("dual.primary", "store.dual.primary", config.dual.primary, (*SIDES, *installed)),
@@ -190,6 +194,14 @@ def check_backends(config: StoreConfig) -> None:
         if value not in choices:
             raise config.error(
                 key, f"{name} = {shown(value)} is not valid; choose one of: {', '.join(choices)}"
+            )
+    tables = (*TABLE_KEYS, *(name for name in installed if name not in TABLE_KEYS))
+    for table in config.plugin_settings:
+        if table not in installed:
+            raise config.error(
+                table,
+                f"[store.{table}] is not valid: neither a built-in table nor an installed "
+                f"backend's; choose one of: {', '.join(tables)}",
             )
 
 

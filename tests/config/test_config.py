@@ -481,3 +481,168 @@ def test_a_missing_driver_is_a_config_error_naming_the_extra(
     monkeypatch.delitem(sys.modules, "registry.backends.postgres", raising=False)
     with pytest.raises(ConfigError, match=r"ccr-registry\[postgres\]"):
         open_store({"backend": "postgres", "postgres": {"dsn": "host=/nowhere"}})
+
+
+# --------------------------------------------------------------------------- plug-in tables
+
+PLUGIN_TOML = """
+[store]
+backend = "json"
+data_dir = "data"
+
+[store.ext]
+file = "rel/ext.db"
+flag = true
+ports = [1, 2, [3]]
+when = 2026-01-02T03:04:05Z
+password = "hunter2"
+
+[store.ext.nested]
+depth = 2
+"""
+
+
+def test_a_plugin_table_is_kept_as_written_and_read_only(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    file = tmp_path / "conf" / "ccr-registry.toml"
+    file.parent.mkdir()
+    file.write_text(PLUGIN_TOML)
+    config = StoreConfig.from_toml(file)
+    settings = config.backend_settings("ext")
+    assert dict(settings) == {
+        "file": "rel/ext.db",  # not resolved: which values are paths is the plugin's to know
+        "flag": True,
+        "ports": (1, 2, (3,)),
+        "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "password": "hunter2",
+        "nested": {"depth": 2},
+    }
+    assert config.plugin_settings == {"ext": settings}
+    assert config.base_dir == tmp_path / "conf"  # what a plugin resolves a relative path against
+    assert config.data_dir == tmp_path / "conf" / "data"
+    assert {"ext", "ext.file", "ext.nested"} <= config.explicit
+    with pytest.raises(TypeError):
+        settings["flag"] = False  # type: ignore[index]
+    with pytest.raises(TypeError):
+        settings["nested"]["depth"] = 3  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.plugin_settings["other"] = {}  # type: ignore[index]
+    assert config.backend_settings("absent") == {}
+
+
+def test_a_plugin_table_given_in_code_is_a_copy(tmp_path: Path) -> None:
+    table: dict[str, object] = {"items": [1, 2], "sub": {"a": 1}}
+    config = StoreConfig.from_mapping({"data_dir": str(tmp_path), "ext": table})
+    table["items"].append(3)  # type: ignore[attr-defined]
+    table["sub"]["a"] = 2  # type: ignore[index]
+    table["new"] = 1
+    assert dict(config.backend_settings("ext")) == {"items": (1, 2), "sub": {"a": 1}}
+    assert config.base_dir is None  # a mapping's relative paths are the current directory's
+    assert {"ext", "ext.items", "ext.sub"} <= config.explicit
+
+
+def test_the_built_in_tables_are_not_plugin_tables() -> None:
+    config = StoreConfig.from_mapping(
+        {"dual": {"strict": True}, "postgres": {"schema": "mine"}, "ext": {}}
+    )
+    assert (config.dual.strict, config.postgres.schema) == (True, "mine")
+    assert set(config.plugin_settings) == {"ext"}
+    for name in ("dual", "postgres"):
+        with pytest.raises(ValueError, match=rf"StoreConfig\.{name}"):
+            config.backend_settings(name)
+    for name in ("dual", "postgres", "backend", "data_dir", ""):
+        with pytest.raises(ConfigError, match="cannot name a plug-in backend's table"):
+            StoreConfig(plugin_settings={name: {}})
+    with pytest.raises(ConfigError, match=r"\[store.ext\] must be a table"):
+        StoreConfig(plugin_settings={"ext": 5})  # type: ignore[dict-item]
+    # A key of [store] with a value that is not a table is still an unknown key.
+    with pytest.raises(ConfigError, match=r"unknown key 'ext' in \[store\]; valid keys: backend"):
+        StoreConfig.from_mapping({"ext": "x"})
+
+
+def test_plugin_tables_take_part_in_equality_and_hash_but_show_only_their_keys() -> None:
+    first = StoreConfig.from_mapping({"ext": {"password": "hunter2", "n": [1]}})
+    second = StoreConfig.from_mapping({"ext": {"n": [1], "password": "hunter2"}})
+    assert first == second and hash(first) == hash(second)
+    assert first != StoreConfig.from_mapping({"ext": {"password": "other", "n": [1]}})
+    assert first != StoreConfig.from_mapping({"other": {"password": "hunter2", "n": [1]}})
+    assert first != StoreConfig()
+    shown = repr(first)
+    assert "plugin_settings={'ext': {'password': ..., 'n': ...}}" in shown
+    assert "hunter2" not in shown
+    assert repr(StoreConfig()).endswith("plugin_settings={})")
+    # replace keeps them (and the base directory), and may change them, validated.
+    changed = first.replace(lock_timeout_s=2)
+    assert changed.plugin_settings == first.plugin_settings
+    assert changed.base_dir == first.base_dir
+    assert first.replace(plugin_settings={}).plugin_settings == {}
+    with pytest.raises(ConfigError, match="cannot name a plug-in backend's table"):
+        first.replace(plugin_settings={"dual": {}})
+
+
+@pytest.mark.parametrize("table", ["nosuch", "json", "sqlite"])
+def test_a_table_of_no_installed_backend_is_refused_naming_the_file_and_the_choices(
+    tmp_path: Path, table: str
+) -> None:
+    file = tmp_path / "named-config.toml"
+    file.write_text(f'[store]\nbackend = "json"\ndata_dir = "data"\n[store.{table}]\nx = 1\n')
+    config = StoreConfig.from_toml(file)  # read: whether the backend exists is the factory's
+    assert set(config.plugin_settings) == {table}
+    # postgres is the one backend installed in this environment (an entry point of its own).
+    message = rf"^.*named-config\.toml: \[store\.{table}\] is not valid.*; choose one of: "
+    for check in (open_store, store_exists):
+        with pytest.raises(ConfigError, match=message + "dual, postgres$"):
+            check(config)
+    with pytest.raises(ConfigError, match=rf"^\[store\.{table}\] is not valid"):
+        open_store({"data_dir": str(tmp_path / "data"), table: {}})
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_a_plugin_backend_reads_its_table_from_the_config_it_is_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from registry import factory
+    from registry.backends._base import BaseStore, Clock
+    from registry.backends.json_file import JsonStore
+
+    seen: list[object] = []
+
+    def open_ext(config: StoreConfig, clock: Clock) -> BaseStore:
+        seen.append(config.backend_settings("ext"))
+        subdir = config.backend_settings("ext")["subdir"]
+        assert isinstance(subdir, str)
+        return JsonStore(
+            config.data_dir / subdir,
+            clock=clock,
+            session_ttl=config.session_ttl,
+            token_ttl=config.token_ttl,
+            inbox=config.inbox_settings,
+            host_id=config.host_id,
+            lock_timeout_s=config.lock_timeout_s,
+        )
+
+    class Entry:
+        value = "third_party:open_ext"
+
+        def load(self) -> object:
+            return open_ext
+
+    monkeypatch.setattr(factory, "installed_backends", lambda: {"ext": Entry()})
+    file = tmp_path / "ccr-registry.toml"
+    file.write_text('[store]\nbackend = "ext"\ndata_dir = "d"\n[store.ext]\nsubdir = "s"\n')
+    with open_store(file) as store:
+        store.sessions.register("s1")
+    assert seen == [{"subdir": "s"}]
+    assert "s1" in (tmp_path / "d" / "s" / "claude-sessions.json").read_text()
+    # As a dual side it reads the same table; a table of another name is refused.
+    file.write_text(
+        '[store]\nbackend = "dual"\ndata_dir = "d2"\n[store.dual]\nprimary = "json"\n'
+        'secondary = "ext"\n[store.ext]\nsubdir = "side"\n'
+    )
+    with open_store(file) as store:
+        store.sessions.register("s2")
+    assert "s2" in (tmp_path / "d2" / "side" / "claude-sessions.json").read_text()
+    file.write_text('[store]\nbackend = "json"\n[store.ext2]\nsubdir = "s"\n')
+    with pytest.raises(ConfigError, match=r"choose one of: dual, postgres, ext$"):
+        open_store(file)

@@ -78,6 +78,48 @@ except ConfigError as exc:
     assert "s1" in (tmp_path / "data" / "claude-sessions.json").read_text()
 
 
+def test_an_installed_backend_reads_its_own_table_of_a_config_file(tmp_path: Path) -> None:
+    # The plugin keeps its files in data_dir/<subdir> when [store.extjson] sets subdir, and
+    # refuses a key or a value of its table it does not know, naming the file.
+    script = """
+import sys
+from pathlib import Path
+from registry import ConfigError, open_store
+file = Path(sys.argv[1])
+head = '[store]\\nbackend = "extjson"\\ndata_dir = "data"\\n'
+file.write_text(head + '[store.extjson]\\nsubdir = "inner"\\n')
+with open_store(file) as store:
+    store.sessions.register("s1", ppid=4242)
+    print(store.backend)
+# A built-in backend with the plugin's table beside it: the table is accepted and unused.
+file.write_text('[store]\\nbackend = "json"\\ndata_dir = "json-data"\\n[store.extjson]\\nx = 1\\n')
+with open_store(file) as store:
+    print(store.backend)
+for table in ('[store.extjson]\\nsubdr = "inner"', '[store.extjson]\\nsubdir = "../up"',
+              '[store.extjsn]\\nsubdir = "inner"'):
+    file.write_text(head + table + "\\n")
+    try:
+        open_store(file)
+    except ConfigError as exc:
+        print(exc)
+"""
+    config = tmp_path / "conf" / "ccr-registry.toml"
+    config.parent.mkdir()
+    done = _python(_site(tmp_path), tmp_path, "-c", script, str(config))
+    assert done.returncode == 0, done.stderr
+    opened, opened_json, unknown_key, bad_value, unknown_table = done.stdout.splitlines()
+    assert (opened, opened_json) == ("extjson", "json")
+    # data_dir is relative to the file's directory; subdir is the plugin's, under it.
+    assert "s1" in (tmp_path / "conf" / "data" / "inner" / "claude-sessions.json").read_text()
+    assert not (tmp_path / "conf" / "data" / "claude-sessions.json").exists()
+    assert unknown_key == (f"{config}: unknown key 'subdr' in [store.extjson]; valid keys: subdir")
+    assert bad_value.startswith(f"{config}: store.extjson.subdir = '../up' is not valid")
+    assert unknown_table.startswith(f"{config}: [store.extjsn] is not valid")
+    choices = unknown_table.rpartition("choose one of: ")[2].split(", ")
+    assert choices[:2] == ["dual", "postgres"]
+    assert "extjson" in choices
+
+
 def test_the_exported_contract_suite_passes_on_a_backend_of_another_distribution(
     tmp_path: Path,
 ) -> None:

@@ -968,6 +968,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         if key == "dsn" and value is not None:
             value = "(set, not shown)"  # a DSN may hold a password
         rows.append((f"postgres.{key}", value, config.source if explicit else "default"))
+    for name, settings in sorted(config.plugin_settings.items()):
+        # A plug-in's values are its own and may hold a secret: their keys are shown, not them.
+        rows.extend((f"{name}.{key}", "(set, not shown)", config.source) for key in settings)
     emit(
         args,
         {
@@ -1028,7 +1031,13 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--config", metavar="PATH", help="a TOML file with a [store] table")
     parser.add_argument("--data-dir", metavar="DIR", help="the data directory (as $CCR_DATA_DIR)")
-    parser.add_argument("--backend", choices=BACKEND_NAMES, help="override the configured backend")
+    # No argparse choices: a plug-in backend's name is known only to the factory, which refuses
+    # an unknown one with the built-in and installed names (exit 2, as any config error).
+    parser.add_argument(
+        "--backend",
+        metavar="NAME",
+        help=f"override the configured backend ({', '.join(BACKEND_NAMES)}, postgres or a plug-in)",
+    )
     json_help = 'print one JSON document (errors too: {"error": ..., "code": ...})'
     parser.add_argument("--json", action="store_true", help=json_help)
     output = Parser(add_help=False)

@@ -646,3 +646,23 @@ def test_a_plugin_backend_reads_its_table_from_the_config_it_is_given(
     file.write_text('[store]\nbackend = "json"\n[store.ext2]\nsubdir = "s"\n')
     with pytest.raises(ConfigError, match=r"choose one of: dual, postgres, ext$"):
         open_store(file)
+
+
+def test_config_show_lists_a_plugin_tables_keys_but_not_its_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from registry import cli, factory
+
+    class Entry:
+        value = "third_party:open_ext"
+
+    monkeypatch.setattr(factory, "installed_backends", lambda: {"ext": Entry()})
+    file = tmp_path / "ccr-registry.toml"
+    file.write_text('[store]\nbackend = "ext"\n[store.ext]\nsubdir = "s"\npassword = "hunter2"\n')
+    assert cli.main(["--config", str(file), "--json", "config", "show"]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["backend"] == {"value": "ext", "source": str(file)}
+    for key in ("ext.subdir", "ext.password"):
+        assert shown[key] == {"value": "(set, not shown)", "source": str(file)}
+    assert "hunter2" not in out

@@ -17,7 +17,9 @@ workload against the same data:
 
 Also: 8 processes each doing N read-modify-write increments of one session's label in one
 unit (nothing may be lost), and the start-up of ``ccr-registry --config X hook session-start``
-on postgres against ``python -c pass``. The backend has no ``FOR UPDATE SKIP LOCKED`` claim:
+on postgres (the hook's one-plain-connection store, and the same script on a pooled store through
+``open_store``: before and after) against ``python -c pass``; ``--hook-only RUNS`` runs only
+that. The backend has no ``FOR UPDATE SKIP LOCKED`` claim:
 claim runs under the writer's advisory lock only, and that is what is measured.
 Never run by the test suite.
 """
@@ -431,6 +433,17 @@ def run_contention(
 
 # --------------------------------------------------------------------------- hook start-up
 
+# The console script's hook with the store the hook used before it had its own (a pooled
+# store through open_store): the "before" of the one-plain-connection hook store.
+POOLED_HOOK = (
+    "import sys\n"
+    "import registry.backends.postgres as pg\n"
+    "from registry.factory import open_store\n"
+    "pg._open_hook_store = lambda config, clock: open_store(config, clock=clock)\n"
+    "from registry._entry import main\n"
+    "sys.exit(main())\n"
+)
+
 
 def run_hook_startup(dsn: str, scratch: Path, runs: int) -> dict[str, Any]:
     """``ccr-registry --config X hook session-start`` on postgres and on sqlite, and a bare
@@ -446,9 +459,11 @@ def run_hook_startup(dsn: str, scratch: Path, runs: int) -> dict[str, Any]:
     # PYTHONPATH: the hook runs this checkout's code, whatever the environment has installed.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CCR_", "PYTHON"))}
     env["PYTHONPATH"] = str(ROOT)
+    hook_args = ["--config", str(pg_toml), "hook", "session-start"]
     commands = {
         "bare": [sys.executable, "-c", "pass"],
         "hook_postgres": [str(script), "--config", str(pg_toml), "hook", "session-start"],
+        "hook_postgres_pooled": [sys.executable, "-c", POOLED_HOOK, *hook_args],
         "hook_sqlite": [str(script), "--config", str(lite_toml), "hook", "session-start"],
     }
     walls: dict[str, list[float]] = {name: [] for name in commands}
@@ -463,10 +478,14 @@ def run_hook_startup(dsn: str, scratch: Path, runs: int) -> dict[str, Any]:
             if k >= 0:
                 walls[name].append(elapsed)
     with open_store(pg_config(dsn)) as store:
-        landed = sum(store.sessions.get(f"hook-hook_postgres-{k}") is not None for k in range(runs))
+        landed = {
+            name: sum(store.sessions.get(f"hook-{name}-{k}") is not None for k in range(runs))
+            for name in ("hook_postgres", "hook_postgres_pooled")
+        }
     result: dict[str, Any] = {n: statistics.median(w) for n, w in walls.items()}
     result["runs"] = runs
-    result["landed_postgres"] = landed
+    result["landed_postgres"] = landed["hook_postgres"]
+    result["landed_postgres_pooled"] = landed["hook_postgres_pooled"]
     return result
 
 
@@ -541,9 +560,32 @@ def run_postgres(scratch: Path, *, quick: bool) -> dict[str, Any]:
     }
 
 
+def run_hook_only(scratch: Path, runs: int) -> list[str]:
+    """Only the hook start-up (``--hook-only N``): its report line and the load average."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return [f"postgres: not measured: {reason}"]
+    scratch.mkdir(parents=True, exist_ok=True)
+    server = PgServer()
+    server.start()
+    try:
+        with open_store(pg_config(server.dsn)):
+            pass  # the schema, so that no hook run creates it
+        load_before = os.getloadavg()
+        hook = run_hook_startup(server.dsn, scratch, runs)
+        load_after = os.getloadavg()
+        description = machine(server)
+    finally:
+        server.stop()
+    results = {"hook_startup": hook, "load_before": load_before, "load_after": load_after}
+    return [description, *report_lines(results)]
+
+
 def report_lines(results: dict[str, Any]) -> list[str]:
     if "unavailable" in results:
         return [f"postgres: not measured: {results['unavailable']}"]
+    if "single" not in results:  # --hook-only
+        return hook_lines(results)
     single = results["single"]
     lines = [
         f"{results['sessions']} sessions; medians (p99) in us; ratio = library / floor",
@@ -569,13 +611,18 @@ def report_lines(results: dict[str, Any]) -> list[str]:
             f"{c['throughput']:7.0f} increments/s, p50 {c['p50_ms']:.1f} ms, "
             f"p99 {c['p99_ms']:.1f} ms, final {c['final']}/{c['expected']} (lost {lost})"
         )
+    return lines + hook_lines(results)
+
+
+def hook_lines(results: dict[str, Any]) -> list[str]:
     h = results["hook_startup"]
-    lines.append(
-        f"hook start-up, median of {h['runs']}: postgres {h['hook_postgres']:.1f} ms, "
-        f"sqlite {h['hook_sqlite']:.1f} ms, python -c pass {h['bare']:.1f} ms "
-        f"(postgres {h['hook_postgres'] / h['bare']:.2f}x bare); "
-        f"{h['landed_postgres']}/{h['runs']} sessions landed"
-    )
+    lines = [
+        f"hook start-up, median of {h['runs']}: postgres {h['hook_postgres']:.1f} ms "
+        f"(one plain connection, {h['hook_postgres'] / h['bare']:.2f}x bare), postgres pooled "
+        f"{h['hook_postgres_pooled']:.1f} ms ({h['hook_postgres_pooled'] / h['bare']:.2f}x), "
+        f"sqlite {h['hook_sqlite']:.1f} ms, python -c pass {h['bare']:.1f} ms; sessions landed "
+        f"{h['landed_postgres']}/{h['runs']} and {h['landed_postgres_pooled']}/{h['runs']}"
+    ]
     before = " ".join(f"{x:.2f}" for x in results["load_before"])
     after = " ".join(f"{x:.2f}" for x in results["load_after"])
     lines.append(f"load average (1, 5, 15 min) before {before}, after {after}")
@@ -600,7 +647,17 @@ def main() -> None:
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "docs" / "postgres-benchmarks.md"))
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument(
+        "--hook-only", type=int, metavar="RUNS", help="only the hook start-up, RUNS runs each"
+    )
     args = parser.parse_args()
+    if args.hook_only:
+        scratch = Path(tempfile.mkdtemp(prefix="ccr-bench-pg-"))
+        try:
+            print("\n".join(run_hook_only(scratch, args.hook_only)))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     if args.worker:
         name, dsn, sqlite_dir, increments = args.worker
         worker(name, dsn, sqlite_dir, int(increments))

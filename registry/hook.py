@@ -7,7 +7,8 @@ This module parses its own small grammar (``[--data-dir D] [--config F] [--backe
 session. On an existing sqlite database with no config file (the usual install) it takes a fast
 path that imports neither argparse, typing, attrs, psutil, the config module nor the models
 (``tests/cli/test_hook.py`` checks which modules a real hook process imported); any other case
-goes through :func:`registry.factory.open_store`.
+goes through :func:`registry.factory.open_store`, but for postgres, whose hook store is one plain
+connection without a pool (:func:`registry.backends.postgres._open_hook_store`, SPEC 4).
 
 A hook never fails the agent: whatever happens, including a usage error, it exits 0 with nothing
 on stdout (Claude Code adds a SessionStart hook's stdout to the model's context and reads exit
@@ -313,7 +314,15 @@ def slow_path(options: Options, data: dict[str, Any], warnings: list[str]) -> No
             return
     # json and dual write the files the legacy daemon reads (dual always has a json side).
     legacy = config.backend != "sqlite"
-    with open_store(config) as store:
+    if config.backend == "postgres":
+        # One plain connection, no pool (SPEC 4): a hook writes one event and exits.
+        from registry.backends.postgres import _open_hook_store
+        from registry.factory import system_clock
+
+        store: Store = _open_hook_store(config, system_clock)
+    else:
+        store = open_store(config)
+    with store:
         apply_hook(store, options.event, data, options.notify, legacy, warnings)
 
 

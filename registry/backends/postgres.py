@@ -22,12 +22,12 @@ that must see one moment (a token and its session) is one statement. A nested ``
 ``SAVEPOINT``. The server's ``lock_timeout`` is the config's ``lock_timeout_s``: a writer that
 waits longer for the lock raises :class:`~registry.errors.StoreBusy`.
 
-Connections. A ``psycopg_pool.ConnectionPool`` per store and process; a thread takes a
-connection for one read scope or one outermost write unit and gives it back after, so idle
-threads hold none. After ``fork()`` the child builds its own pool on first use and never uses,
-closes or finalises what it inherited: closing a libpq connection sends the server a Terminate
-message on the socket the parent still uses. Those objects are kept referenced for the child's
-life (:data:`_INHERITED`).
+Connections. A ``psycopg_pool.ConnectionPool`` per store and process (imported on first
+use); a thread takes a connection for one read scope or one outermost write unit and gives it
+back after, so idle threads hold none. After ``fork()`` the child builds its own pool on first
+use and never uses, closes or finalises what it inherited: closing a libpq connection sends the
+server a Terminate message on the socket the parent still uses. Those objects are kept
+referenced for the child's life (:data:`_INHERITED`).
 
 Every psycopg and pool error is translated with ``raise ... from``: a lock timeout is
 :class:`~registry.errors.StoreBusy`, missing or mistyped tables :class:`StoreCorrupted`, a
@@ -35,12 +35,19 @@ lost or refused connection a :class:`RegistryError` saying so. The pool checks a
 each time it hands one out and replaces one the server ended; a connection that breaks while
 in use fails that operation (a unit then keeps nothing) and is dropped when given back. So the
 store works again once the server does, without being reopened.
+
+A hook process (:func:`_open_hook_store`) uses one plain connection instead (SPEC 4:
+``single_connection=True``): opened on first use, held by one scope at a time (another
+thread waits for it up to the lock timeout), not checked before use, and dropped when it
+broke or was given back inside a transaction, so that the next scope connects again. That
+store never imports ``psycopg_pool``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -53,7 +60,7 @@ try:
     import psycopg
     from psycopg import errors as pg_errors
     from psycopg import sql
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg.pq import TransactionStatus
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigError(
         "backend 'postgres' needs psycopg 3 and psycopg_pool: "
@@ -76,6 +83,8 @@ from registry.backends.sqlite_sql import (
 from registry.models import Command, Session, Token, to_ms
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
     from registry.config import StoreConfig
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "open_backend"]
@@ -296,7 +305,7 @@ def translate(exc: BaseException, where: str) -> RegistryError:
         return StoreBusy(f"{where}: the write lock stayed taken past lock_timeout ({name}: {exc})")
     if isinstance(exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure):
         return StoreBusy(f"{where}: the database gave up on a conflicting unit ({name}: {exc})")
-    if isinstance(exc, PoolTimeout):
+    if type(exc).__name__ == "PoolTimeout":  # psycopg_pool's, imported only by a pool
         return RegistryError(
             f"{where}: no database connection within the lock timeout; the server may be "
             f"down or unreachable, or every pooled connection busy ({name}: {exc})"
@@ -314,7 +323,8 @@ def translate(exc: BaseException, where: str) -> RegistryError:
     return RegistryError(f"{where}: {name}: {exc}")
 
 
-_DRIVER_ERRORS: Final = (psycopg.Error, PoolTimeout)
+# psycopg_pool's PoolTimeout is a psycopg.OperationalError: one class catches both drivers.
+_DRIVER_ERRORS: Final = (psycopg.Error,)
 
 
 # --------------------------------------------------------------------------- scopes
@@ -494,6 +504,7 @@ class PostgresStore(BaseStore):
         inbox: InboxSettings | None = None,
         pool_size: int = 8,
         host_id: str | None = None,
+        single_connection: bool = False,
     ) -> None:
         super().__init__(
             clock=clock,
@@ -513,6 +524,11 @@ class PostgresStore(BaseStore):
         self._pool_lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pool_pid = 0
+        # single_connection: one plain connection instead of the pool (the hook's store).
+        self._single = single_connection
+        self._plain: psycopg.Connection[Any] | None = None
+        self._plain_pid = 0
+        self._plain_lock = threading.Lock()
         self._read_scope = _ReadScope(self)
         self._select_sql: dict[tuple[bool, bool, bool, int | None, bool], str] = {}
         try:
@@ -543,6 +559,13 @@ class PostgresStore(BaseStore):
                 self._pool = None
             if self._pool is None:
                 self._check_open()
+                try:
+                    from psycopg_pool import ConnectionPool
+                except ImportError as exc:  # pragma: no cover - without the extra installed
+                    raise ConfigError(
+                        "backend 'postgres' needs psycopg_pool: "
+                        f"pip install 'ccr-registry[postgres]' ({exc})"
+                    ) from exc
                 self._pool = ConnectionPool(
                     self.dsn,
                     min_size=1,
@@ -561,12 +584,54 @@ class PostgresStore(BaseStore):
                 self._pool_pid = _PID
             return self._pool
 
+    def _take_plain(self) -> psycopg.Connection[Any]:
+        """The store's one plain connection, held by one scope at a time.
+
+        Opened on first use (again after fork(), and after one that broke), configured as a
+        pooled one, and not checked before use: the hook's store lives for one event.
+        """
+        if self._plain_pid != _PID:
+            if self._plain is not None:
+                _INHERITED.append(self._plain)  # the parent's: never closed here
+            self._plain, self._plain_pid = None, _PID
+            self._plain_lock = threading.Lock()
+        if not self._plain_lock.acquire(timeout=self._timeout):
+            raise StoreBusy(f"{self.where}: the store's one connection stayed in use")
+        try:
+            conn = self._plain
+            if conn is None or conn.closed:
+                conn = psycopg.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(2, math.ceil(self._timeout)),
+                )
+                try:
+                    self._configure(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._plain = conn
+        except BaseException:
+            self._plain_lock.release()
+            raise
+        return conn
+
+    def _give_back_plain(self, conn: psycopg.Connection[Any]) -> None:
+        if conn is not self._plain or self._plain_pid != _PID:
+            _INHERITED.append(conn)
+            return
+        if conn.closed or conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            self._plain = None  # the next scope connects again
+        self._plain_lock.release()
+
     def _take(self, local: _Local) -> psycopg.Connection[Any]:
-        """Take a pooled connection for this thread's scope."""
+        """Take a connection for this thread's scope: a pooled one, or the plain one."""
         self._check_open()
         _leave_parent_scopes(local)
         try:
-            conn = self._current_pool().getconn()
+            conn = self._take_plain() if self._single else self._current_pool().getconn()
         except _DRIVER_ERRORS as exc:
             raise translate(exc, self.where) from exc
         local.conn = conn
@@ -575,9 +640,12 @@ class PostgresStore(BaseStore):
 
     def _give_back(self, local: _Local) -> None:
         conn, local.conn = local.conn, None
-        pool = self._pool
         if conn is None:
             return
+        if self._single:
+            self._give_back_plain(conn)
+            return
+        pool = self._pool
         if pool is None or self._pool_pid != _PID or local.pid != _PID:
             _INHERITED.append(conn)
             return
@@ -601,6 +669,12 @@ class PostgresStore(BaseStore):
         return conn
 
     def _close(self) -> None:
+        plain, self._plain = self._plain, None
+        if plain is not None:
+            if self._plain_pid == _PID:
+                plain.close()
+            else:
+                _INHERITED.append(plain)
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is None:
@@ -866,7 +940,9 @@ class PostgresStore(BaseStore):
         return None if row is None else decode_pg_session(row)
 
 
-def open_backend(config: StoreConfig, clock: Clock) -> PostgresStore:
+def open_backend(
+    config: StoreConfig, clock: Clock, *, single_connection: bool = False
+) -> PostgresStore:
     """The entry point of ``ccr_registry.backends``: a store from ``[store.postgres]``."""
     settings = config.postgres
     if settings.dsn is None:
@@ -884,4 +960,15 @@ def open_backend(config: StoreConfig, clock: Clock) -> PostgresStore:
         inbox=config.inbox_settings,
         lock_timeout_s=config.lock_timeout_s,
         host_id=config.host_id,
+        single_connection=single_connection,
     )
+
+
+def _open_hook_store(config: StoreConfig, clock: Clock) -> PostgresStore:
+    """The store of a hook process (SPEC 4): one plain connection, no pool, no pool threads.
+
+    :mod:`registry.hook` calls this for ``backend = "postgres"`` instead of
+    :func:`registry.factory.open_store`: a hook writes one event and exits, so a pool (its
+    import, its worker threads, its checks) is pure start-up cost.
+    """
+    return open_backend(config, clock, single_connection=True)

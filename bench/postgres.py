@@ -431,6 +431,194 @@ def run_contention(
     }
 
 
+# --------------------------------------------------------------------------- claim: two ways
+
+# How a claim locks. skip_locked: the backend's inbox (its own unit takes the writer lock
+# shared and the command's row with FOR UPDATE SKIP LOCKED); writer_lock: the generic inbox of
+# registry.backends._inbox on the same store, whose claim takes the writer lock exclusively
+# like every other unit (the backend's claim before).
+CLAIM_MODES = ("skip_locked", "writer_lock")
+
+
+def claim_config(dsn: str, schema: str) -> dict[str, Any]:
+    return {**pg_config(dsn), "postgres": {"dsn": dsn, "schema": schema}}
+
+
+def claim_store(dsn: str, schema: str, mode: str) -> Any:
+    store = open_store(claim_config(dsn, schema))
+    if mode == "writer_lock":
+        from registry.backends._inbox import Inbox
+
+        store._inbox = Inbox(store)
+    return store
+
+
+def fill_inbox(dsn: str, schema: str, sessions: int, per_session: int) -> list[str]:
+    """``sessions`` sessions with ``per_session`` ready commands each, seq round-robin."""
+    ids = []
+    with open_store(claim_config(dsn, schema)) as store, store.atomic():
+        for i in range(sessions):
+            store.sessions.register(f"q{i:05d}")
+        for k in range(per_session):
+            for i in range(sessions):
+                ids.append(f"q{i:05d}-{k:04d}")
+                store.inbox.enqueue(ids[-1], PAYLOAD, session_id=f"q{i:05d}")
+    return ids
+
+
+def run_claim_single(dsn: str, rounds: int, budget_s: float, max_ops: int) -> dict[str, Any]:
+    """claim + complete in one process, the two modes interleaved round by round."""
+    fill_inbox(dsn, "claim_single", 500, (2 * rounds * max_ops + 40) // 500 + 1)
+    stores = {mode: claim_store(dsn, "claim_single", mode) for mode in CLAIM_MODES}
+    samples: dict[str, list[int]] = {mode: [] for mode in CLAIM_MODES}
+
+    def op_of(mode: str) -> Callable[[int], object]:
+        def claim_complete(_k: int) -> None:
+            claimed = stores[mode].inbox.claim(f"owner-{mode}")
+            assert claimed is not None, "no command left to claim"
+            stores[mode].inbox.complete(claimed.command_id, f"owner-{mode}")
+
+        return claim_complete
+
+    try:
+        for mode in CLAIM_MODES:
+            timed_loop(op_of(mode), 0, 0.0, 10)  # warm-up
+        for r in range(rounds):
+            for mode in CLAIM_MODES if r % 2 == 0 else reversed(CLAIM_MODES):
+                samples[mode].extend(timed_loop(op_of(mode), 0, budget_s, max_ops))
+    finally:
+        for store in stores.values():
+            store.close()
+    return {
+        mode: {"median_us": median_us(v), "p99_us": p99_us(v), "ops": len(v)}
+        for mode, v in samples.items()
+    }
+
+
+def drain_worker(mode: str, dsn: str, schema: str, owner: str) -> None:
+    """Claim and complete until nothing is ready; report each claim's id and time."""
+    store = claim_store(dsn, schema, mode)
+    store.inbox.list_commands(state="leased")  # the pool and a connection, before the clock
+    print("ready", flush=True)
+    sys.stdin.readline()
+    claims: list[tuple[str, int]] = []
+    empty = 0
+    started = time.monotonic_ns()
+    while True:
+        claimed = store.inbox.claim(owner)
+        if claimed is None:
+            empty += 1
+            if not store.inbox.list_commands(state="ready"):
+                break
+            continue  # successors wait for a head another consumer holds
+        claims.append((claimed.command_id, time.monotonic_ns()))
+        store.inbox.complete(claimed.command_id, owner)
+    ended = time.monotonic_ns()
+    store.close()
+    print(json.dumps({"claims": claims, "empty": empty, "started": started, "ended": ended}))
+
+
+def run_drain(dsn: str, mode: str, procs: int, tag: str, sessions: int, per: int) -> dict[str, Any]:
+    """``procs`` consumer processes drain a fresh schema; exactly once and session order
+    are checked from their reports and from the store."""
+    schema = f"drain_{tag}"
+    expected = fill_inbox(dsn, schema, sessions, per)
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--drain-worker", mode, dsn, schema, f"c{n}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(procs)
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    reports = []
+    for child in children:
+        out, _ = child.communicate(timeout=1800)
+        assert child.returncode == 0, f"drain worker {mode} failed"
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    claims = [(cid, t) for r in reports for cid, t in r["claims"]]
+    ids = [cid for cid, _ in claims]
+    with open_store(claim_config(dsn, schema)) as store:
+        states = {c.command_id: c.state for c in store.inbox.list_commands()}
+    # Per session, the claims came in seq order (k is the command's rank in its session).
+    by_session: dict[str, list[tuple[int, str]]] = {}
+    for cid, t in claims:
+        by_session.setdefault(cid.split("-")[0], []).append((t, cid))
+    in_order = all(
+        [cid for _, cid in sorted(timed)] == sorted(cid for _, cid in timed)
+        for timed in by_session.values()
+    )
+    wall = (max(r["ended"] for r in reports) - min(r["started"] for r in reports)) / 1e9
+    return {
+        "procs": procs,
+        "commands": len(expected),
+        "throughput": len(claims) / wall,
+        "delivered": len(ids),
+        "duplicates": len(ids) - len(set(ids)),
+        "missing": len(set(expected) - set(ids)),
+        "not_done": sum(state != "done" for state in states.values()),
+        "in_session_order": in_order,
+        "empty_claims": sum(r["empty"] for r in reports),
+    }
+
+
+def run_claim_modes(
+    scratch: Path, *, rounds: int, budget_s: float, max_ops: int, repeats: int
+) -> list[str]:
+    """``--claim-modes``: both claims on one server, interleaved; the report lines."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return [f"postgres: not measured: {reason}"]
+    scratch.mkdir(parents=True, exist_ok=True)
+    server = PgServer()
+    server.start()
+    try:
+        load_before = os.getloadavg()
+        single = run_claim_single(server.dsn, rounds, budget_s, max_ops)
+        drains: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for r in range(repeats):
+            for procs in (4, 8):
+                for mode in CLAIM_MODES if r % 2 == 0 else reversed(CLAIM_MODES):
+                    tag = f"{mode}_{procs}_{r}"
+                    got = run_drain(server.dsn, mode, procs, tag, 200, 5)
+                    drains.setdefault((mode, procs), []).append(got)
+        load_after = os.getloadavg()
+        description = machine(server)
+    finally:
+        server.stop()
+    lines = [description, "claim + complete, one process, medians (p99) in us:"]
+    for mode, v in single.items():
+        lines.append(f"  {mode:<12} {v['median_us']:7.0f} ({v['p99_us']:6.0f}), {v['ops']} ops")
+    lines.append(f"drain: N consumer processes, 200 sessions x 5 commands; median of {repeats}:")
+    for (mode, procs), runs in sorted(drains.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        rates = ", ".join(f"{x['throughput']:.0f}" for x in runs)
+        bad = [
+            x
+            for x in runs
+            if x["duplicates"] or x["missing"] or x["not_done"] or not x["in_session_order"]
+        ]
+        lines.append(
+            f"  {mode:<12} {procs} procs: "
+            f"{statistics.median(x['throughput'] for x in runs):6.0f} commands/s ({rates}); "
+            f"delivered {sum(x['delivered'] for x in runs)}/{sum(x['commands'] for x in runs)}, "
+            f"duplicates {sum(x['duplicates'] for x in runs)}, "
+            f"missing {sum(x['missing'] for x in runs)}, "
+            f"in session order {'yes' if not bad else 'NO'}, "
+            f"empty claims {sum(x['empty_claims'] for x in runs)}"
+        )
+    before = " ".join(f"{x:.2f}" for x in load_before)
+    after = " ".join(f"{x:.2f}" for x in load_after)
+    lines.append(f"load average (1, 5, 15 min) before {before}, after {after}")
+    return lines
+
+
 # --------------------------------------------------------------------------- hook start-up
 
 # The console script's hook with the store the hook used before it had its own (a pooled
@@ -650,7 +838,30 @@ def main() -> None:
     parser.add_argument(
         "--hook-only", type=int, metavar="RUNS", help="only the hook start-up, RUNS runs each"
     )
+    parser.add_argument(
+        "--claim-modes",
+        type=int,
+        metavar="REPEATS",
+        help="only claim with SKIP LOCKED against claim under the writer lock: one-process "
+        "claim+complete and 4- and 8-process drains, REPEATS drains each",
+    )
+    parser.add_argument("--drain-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.drain_worker:
+        drain_worker(*args.drain_worker)
+        return
+    if args.claim_modes:
+        scratch = Path(tempfile.mkdtemp(prefix="ccr-bench-pg-"))
+        try:
+            budget = (3, 0.3, 150) if args.quick else (5, 1.0, 400)
+            rounds, budget_s, max_ops = budget
+            lines = run_claim_modes(
+                scratch, rounds=rounds, budget_s=budget_s, max_ops=max_ops, repeats=args.claim_modes
+            )
+            print("\n".join(lines))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     if args.hook_only:
         scratch = Path(tempfile.mkdtemp(prefix="ccr-bench-pg-"))
         try:

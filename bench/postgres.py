@@ -19,9 +19,10 @@ Also: 8 processes each doing N read-modify-write increments of one session's lab
 unit (nothing may be lost), and the start-up of ``ccr-registry --config X hook session-start``
 on postgres (the hook's one-plain-connection store, and the same script on a pooled store through
 ``open_store``: before and after) against ``python -c pass``; ``--hook-only RUNS`` runs only
-that. The backend has no ``FOR UPDATE SKIP LOCKED`` claim:
-claim runs under the writer's advisory lock only, and that is what is measured.
-Never run by the test suite.
+that. ``--drain REPEATS``: only the inbox, one-process claim + complete and drains by 4 and 8
+consumer processes with exactly-once delivery and per-session order checked. The backend has no
+``FOR UPDATE SKIP LOCKED`` claim (measured and dropped: docs/postgres.md): claim runs under
+the writer's advisory lock, and that is what is measured. Never run by the test suite.
 """
 
 from __future__ import annotations
@@ -431,13 +432,12 @@ def run_contention(
     }
 
 
-# --------------------------------------------------------------------------- claim: two ways
+# --------------------------------------------------------------------------- drain
 
-# How a claim locks. skip_locked: the backend's inbox (its own unit takes the writer lock
-# shared and the command's row with FOR UPDATE SKIP LOCKED); writer_lock: the generic inbox of
-# registry.backends._inbox on the same store, whose claim takes the writer lock exclusively
-# like every other unit (the backend's claim before).
-CLAIM_MODES = ("skip_locked", "writer_lock")
+# The backend's claim takes the writer lock exclusively, like every other unit. A claim with
+# FOR UPDATE SKIP LOCKED under the lock taken shared was measured against it with this section
+# (then --claim-modes) and dropped: docs/postgres.md, "Why claim takes the writer lock".
+CLAIM_MODES = ("writer_lock",)
 
 
 def claim_config(dsn: str, schema: str) -> dict[str, Any]:
@@ -445,12 +445,8 @@ def claim_config(dsn: str, schema: str) -> dict[str, Any]:
 
 
 def claim_store(dsn: str, schema: str, mode: str) -> Any:
-    store = open_store(claim_config(dsn, schema))
-    if mode == "writer_lock":
-        from registry.backends._inbox import Inbox
-
-        store._inbox = Inbox(store)
-    return store
+    assert mode in CLAIM_MODES
+    return open_store(claim_config(dsn, schema))
 
 
 def fill_inbox(dsn: str, schema: str, sessions: int, per_session: int) -> list[str]:
@@ -572,7 +568,8 @@ def run_drain(dsn: str, mode: str, procs: int, tag: str, sessions: int, per: int
 def run_claim_modes(
     scratch: Path, *, rounds: int, budget_s: float, max_ops: int, repeats: int
 ) -> list[str]:
-    """``--claim-modes``: both claims on one server, interleaved; the report lines."""
+    """``--drain``: claim + complete in one process, then drains by 4 and 8 consumer
+    processes (every mode of CLAIM_MODES interleaved on one server); the report lines."""
     reason = unavailable_reason()
     if reason is not None:
         return [f"postgres: not measured: {reason}"]
@@ -839,24 +836,24 @@ def main() -> None:
         "--hook-only", type=int, metavar="RUNS", help="only the hook start-up, RUNS runs each"
     )
     parser.add_argument(
-        "--claim-modes",
+        "--drain",
         type=int,
         metavar="REPEATS",
-        help="only claim with SKIP LOCKED against claim under the writer lock: one-process "
-        "claim+complete and 4- and 8-process drains, REPEATS drains each",
+        help="only the inbox: one-process claim+complete, and REPEATS drains of 1,000 commands "
+        "by 4 and by 8 consumer processes (exactly once and session order checked)",
     )
     parser.add_argument("--drain-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drain_worker:
         drain_worker(*args.drain_worker)
         return
-    if args.claim_modes:
+    if args.drain:
         scratch = Path(tempfile.mkdtemp(prefix="ccr-bench-pg-"))
         try:
             budget = (3, 0.3, 150) if args.quick else (5, 1.0, 400)
             rounds, budget_s, max_ops = budget
             lines = run_claim_modes(
-                scratch, rounds=rounds, budget_s=budget_s, max_ops=max_ops, repeats=args.claim_modes
+                scratch, rounds=rounds, budget_s=budget_s, max_ops=max_ops, repeats=args.drain
             )
             print("\n".join(lines))
         finally:

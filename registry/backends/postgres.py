@@ -68,7 +68,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     ) from exc
 
 from registry.backends._base import BaseStore, Clock
-from registry.backends._inbox import Inbox, InboxSettings
+from registry.backends._inbox import InboxSettings
 from registry.backends.sqlite_sql import (
     COMMAND_FIELDS,
     SESSION_FIELDS,
@@ -237,9 +237,6 @@ NEXT_CLAIMABLE: Final = (
     f"AND p.session_id IS NOT DISTINCT FROM c.session_id AND p.{PENDING} AND p.seq < c.seq) "
     "ORDER BY c.seq LIMIT 1"
 )
-# The same, locking the row it returns; a row another claim holds is passed over (SPEC 3.4: a
-# claim in a unit of its own, under the writer lock taken shared; see _PostgresInbox).
-NEXT_CLAIMABLE_LOCKED: Final = NEXT_CLAIMABLE + " FOR UPDATE OF c SKIP LOCKED"
 END_COMMANDS: Final = (
     "UPDATE commands SET state = 'dead', last_error = %s, lease_owner = NULL, "
     f"lease_until = NULL, updated_at = %s WHERE session_id = ANY(%s) AND {PENDING}"
@@ -339,9 +336,6 @@ class _Local(threading.local):
     depth = 0  # how deep this thread is in write units (0: none open)
     reads = 0  # how deep in read scopes outside a unit
     dirty = False  # the open unit wrote something
-    claiming = False  # inside _PostgresInbox.claim: its own unit takes the lock shared
-    shared = False  # the open unit holds the writer lock shared (a claim's unit)
-    locked: set[str] | None = None  # the commands a shared unit holds row locks on
 
 
 def _leave_parent_scopes(local: _Local) -> None:
@@ -412,19 +406,13 @@ class _Unit:
                 if local.reads:
                     raise RegistryError("a write unit cannot begin inside a read scope")
                 conn = store._take(local)
-                # A claim's own unit takes the writer lock shared: claims run side by side,
-                # parted by row locks; any other writer, and every claim inside atomic(),
-                # holds it exclusively, so it meets no claim half done.
-                shared = local.claiming and not self.savepoint
                 try:
                     conn.execute("BEGIN")
-                    conn.execute(SHARED_LOCK if shared else EXCLUSIVE_LOCK, (store.write_key,))
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (store.write_key,))
                 except BaseException:
                     store._discard(local)
                     raise
                 local.dirty = False
-                local.shared = shared
-                local.locked = set() if shared else None
                 local.depth = 1
             elif self.savepoint:
                 store._conn().execute(f"SAVEPOINT sp{depth}")
@@ -442,8 +430,6 @@ class _Unit:
             return
         if depth == 0:
             local.depth = 0
-            local.shared = False
-            local.locked = None
             self._end_transaction(exc)
         elif self.savepoint:
             local.depth = depth
@@ -487,37 +473,6 @@ class _Unit:
             raise translate(failed, where) from failed
         if isinstance(exc, _DRIVER_ERRORS):
             raise translate(exc, where) from exc
-
-
-EXCLUSIVE_LOCK: Final = "SELECT pg_advisory_xact_lock(%s)"
-SHARED_LOCK: Final = "SELECT pg_advisory_xact_lock_shared(%s)"
-
-
-class _PostgresInbox(Inbox):
-    """The inbox of a postgres store: a ``claim`` in a unit of its own runs beside other claims.
-
-    Its unit takes the writer lock shared, not exclusively, and finds the command with
-    ``FOR UPDATE OF c SKIP LOCKED``: concurrent claims take different commands (a row another
-    claim holds is passed over) and wait for no one but a writer. Every other writing unit
-    takes the lock exclusively, so it never sees a claim half done, and a claim never sees one
-    of theirs: ``complete``, ``fail``, ``extend`` (their read-check-write), ``enqueue`` (its
-    seq), ``requeue`` and a claim inside ``atomic()`` behave as under one writer at a time.
-    The per-session order holds: a session's later command heads its group only once every
-    earlier one is done or dead, which only a writer (or the claim's own unit) can commit, and
-    a command another claim is leasing is still pending in every snapshot.
-    """
-
-    __slots__ = ()
-
-    def claim(self, owner: str, *, lease: timedelta | None = None) -> Command | None:
-        local = self._store._local  # type: ignore[attr-defined]
-        if local.claiming:
-            return super().claim(owner, lease=lease)
-        local.claiming = True
-        try:
-            return super().claim(owner, lease=lease)
-        finally:
-            local.claiming = False
 
 
 # This process's id, kept by an at-fork handler: cheaper than os.getpid() per scope.
@@ -576,7 +531,6 @@ class PostgresStore(BaseStore):
         self._plain_lock = threading.Lock()
         self._read_scope = _ReadScope(self)
         self._select_sql: dict[tuple[bool, bool, bool, int | None, bool], str] = {}
-        self._inbox = _PostgresInbox(self)
         try:
             self._prepare_schema()
         except BaseException:
@@ -921,10 +875,7 @@ class PostgresStore(BaseStore):
         return None if row is None else decode_pg_command(row)
 
     def save_command(self, command: Command) -> None:
-        local = self._local
-        if local.shared and command.command_id not in (local.locked or ()):
-            raise RegistryError("a claim's unit wrote a command it holds no row lock on")
-        local.dirty = True
+        self._local.dirty = True
         self._conn().execute(UPSERT_COMMAND, encode_pg_command(command))
 
     def next_command_seq(self) -> int:
@@ -957,15 +908,8 @@ class PostgresStore(BaseStore):
         return [decode_pg_command(row) for row in rows]
 
     def next_claimable(self, now: datetime, host: str) -> Command | None:
-        local = self._local
-        query = NEXT_CLAIMABLE_LOCKED if local.shared else NEXT_CLAIMABLE
-        row = self._conn().execute(query, {"now": to_ms(now), "host": host}).fetchone()
-        if row is None:
-            return None
-        command = decode_pg_command(row)
-        if local.locked is not None:
-            local.locked.add(command.command_id)
-        return command
+        row = self._conn().execute(NEXT_CLAIMABLE, {"now": to_ms(now), "host": host}).fetchone()
+        return None if row is None else decode_pg_command(row)
 
     def end_commands_of(self, session_ids: list[str], now: datetime, error: str) -> None:
         self._local.dirty = True

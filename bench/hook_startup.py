@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # What `pip install` needs of the project (pyproject.toml names the readme); copied so that the
 # build's egg-info and build directories land in a temporary directory, not in the checkout.
-SOURCE_FILES = ("pyproject.toml", "README.md", "registry")
+SOURCE_FILES = ("pyproject.toml", "README.md", "bin", "registry")
 BARE = "python -c pass"
 HOOK = "ccr-registry hook session-start"
 

@@ -18,11 +18,10 @@ stderr is closed.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from registry import defaults
+from registry import _json, defaults
 from registry.validation import is_utf8, to_utf8
 
 # Imported for annotations only: importing typing costs a hook process measurable start-up.
@@ -114,9 +113,8 @@ def parse(argv: list[str]) -> Options:
             setattr(options, name[2:].replace("-", "_"), value)
         elif word not in FLAG_OPTIONS:
             raise HookUsage(f"unknown option {word!r}")
-    names = defaults.BACKEND_NAMES
-    if options.backend is not None and options.backend not in names:
-        raise HookUsage(f"--backend {options.backend!r}: choose one of {', '.join(names)}")
+    # --backend is any name: the factory refuses an unknown one, naming the built-in and
+    # installed backends (a plug-in's name is not known here).
     for word in words:
         if word in ("--notify", "--no-notify"):
             options.notify = word == "--notify"
@@ -146,7 +144,10 @@ def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
 def main(argv: list[str]) -> int:
     """Run one hook; always 0 (see the module docstring)."""
     stderr_open = _guard_standard_fds()
-    import signal
+    if TYPE_CHECKING:
+        import signal
+    else:  # the signal module wraps these very functions in enums: importing enum cost ~1 ms
+        import _signal as signal
 
     event = "hook"
     warnings: list[str] = []
@@ -201,7 +202,9 @@ def read_hook_input() -> dict[str, Any]:
     if len(raw) > HOOK_STDIN_LIMIT:
         raise ValueError("hook input is larger than 1 MiB")
     try:
-        data = json.loads(raw)
+        # UTF-8, as Claude Code and OpenCode write it (a BOM is skipped); a UnicodeDecodeError
+        # is a ValueError too.
+        data = _json.loads(raw.decode("utf-8-sig", "surrogatepass"))
     except ValueError:
         raise ValueError("hook input is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):

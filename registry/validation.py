@@ -10,7 +10,6 @@ hold lone surrogates, which no store accepts: :func:`is_utf8` tells, :func:`to_u
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 
 from registry.errors import ValidationError
@@ -41,7 +40,9 @@ MAX_CONTEXT_DEPTH: Final = 100
 # A command payload (SPEC 2): at most 64 KiB as compact UTF-8 JSON.
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The C0 and C1 control characters, U+0000 to U+001F and U+007F to U+009F: a set, not a regex,
+# so that a hook process never imports re (see registry._json).
+_CONTROL: Final = frozenset(map(chr, (*range(0x20), *range(0x7F, 0xA0))))
 # check_key and is_key check ASCII text (nearly every key) with str methods instead: within
 # ASCII the control characters above are exactly the ones str.isprintable refuses (U+0000 to
 # U+001F and U+007F), and ASCII text is valid UTF-8. The regex search cost about 0.25 us a key,
@@ -112,7 +113,7 @@ def check_key(name: str, value: object) -> str:
         raise ValidationError(f"{name} is longer than {MAX_KEY_LEN} characters")
     if str.isascii(value) and str.isprintable(value):
         return value  # ASCII: see the note at _CONTROL
-    if _CONTROL.search(value):
+    if not _CONTROL.isdisjoint(value):
         raise ValidationError(f"{name} must not contain control characters")
     return _check_utf8(name, value)
 
@@ -128,7 +129,7 @@ def is_key(name: str, value: object) -> bool:
         raise ValidationError(f"{name} must be a string, got {type(value).__name__}")
     if str.isascii(value):  # see the note at _CONTROL
         return 0 < len(value) <= MAX_KEY_LEN and str.isprintable(value)
-    return 0 < len(value) <= MAX_KEY_LEN and _CONTROL.search(value) is None and is_utf8(value)
+    return 0 < len(value) <= MAX_KEY_LEN and _CONTROL.isdisjoint(value) and is_utf8(value)
 
 
 def check_text(name: str, value: object) -> str | None:
@@ -278,7 +279,7 @@ def check_json_object(name: str, value: object, max_bytes: int) -> dict[str, obj
         raise ValidationError(f"{name} must be a mapping, got {type(value).__name__}")
     if not value:
         return {}  # the common case (mint_token without a context): nothing to walk or measure
-    import json  # lazily: a hook that only registers never needs it here
+    from registry import _json  # lazily: a hook that only registers never needs it here
 
     top = dict(value)
     # Walked with an explicit stack, so no nesting depth can exhaust Python's recursion.
@@ -305,13 +306,13 @@ def check_json_object(name: str, value: object, max_bytes: int) -> dict[str, obj
                 f"got {type(item).__name__}"
             )
     try:
-        text = json.dumps(top, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _json.dumps(top, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         # NaN or infinity; an integer too long to print (Python's 4,300-digit limit).
         raise ValidationError(f"{name} must be JSON: {exc}") from exc
     if len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
         raise ValidationError(f"{name} is larger than {max_bytes} bytes as UTF-8 JSON")
-    copy: dict[str, object] = json.loads(text)
+    copy: dict[str, object] = _json.loads(text)
     if copy != top:
         # Subclasses that print as something else (an IntEnum, a str subclass) would not
         # survive a round trip through the disk.

@@ -14,13 +14,12 @@ with SQLITE_BUSY under contention, whatever the busy timeout.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from registry import defaults
+from registry import _json, defaults
 from registry.defaults import SESSION_REMOVED
 from registry.errors import RegistryError, StoreBusy, StoreCorrupted
 from registry.validation import (
@@ -305,7 +304,7 @@ def compact_json(mapping: Mapping[str, Any]) -> str:
     """The JSON text of a details or context column: compact, ASCII (as every row so far)."""
     if not mapping:
         return "{}"
-    return json.dumps(dict(mapping), separators=(",", ":"))
+    return _json.dumps(dict(mapping), separators=(",", ":"))
 
 
 def _check_transport(value: object) -> tuple[str, dict[str, Any]]:
@@ -418,7 +417,7 @@ def token_row(
     if scopes_json is None:
         if len(_SCOPES_JSON) >= _CACHE_MAX:
             _SCOPES_JSON.clear()
-        scopes_json = _SCOPES_JSON[scopes] = json.dumps(list(scopes))
+        scopes_json = _SCOPES_JSON[scopes] = _json.dumps(list(scopes))
     return (token, session_id, chat_id, scopes_json, compact_json(context), created_at, expires_at)
 
 
@@ -434,22 +433,22 @@ _C: Final = {name: i for i, name in enumerate(COMMAND_FIELDS)}
 def session_values(row: Sequence[Any]) -> dict[str, Any]:
     """A session row's columns by name, JSON columns parsed (for a validated construction)."""
     values = {name: row[i] for name, i in _S.items()}
-    values["transport_details"] = json.loads(values["transport_details"])
+    values["transport_details"] = _json.loads(values["transport_details"])
     return values
 
 
 def token_values(row: Sequence[Any]) -> dict[str, Any]:
     """A token row's columns by name, JSON columns parsed."""
     values = {name: row[i] for name, i in _T.items()}
-    values["scopes"] = json.loads(values["scopes"])
-    values["context"] = json.loads(values["context"])
+    values["scopes"] = _json.loads(values["scopes"])
+    values["context"] = _json.loads(values["context"])
     return values
 
 
 def command_values(row: Sequence[Any]) -> dict[str, Any]:
     """A command row's columns by name, the payload parsed."""
     values = {name: row[i] for name, i in _C.items()}
-    values["payload"] = json.loads(values["payload"])
+    values["payload"] = _json.loads(values["payload"])
     return values
 
 
@@ -498,7 +497,7 @@ def _bind_decoders() -> None:
                 transports.clear()
             found = new(Transport)
             p_set["kind"](found, kind)
-            p_set["details"](found, empty if details == "{}" else FrozenMap(json.loads(details)))
+            p_set["details"](found, empty if details == "{}" else FrozenMap(_json.loads(details)))
             transports[key] = found
         return found
 
@@ -548,9 +547,9 @@ def _bind_decoders() -> None:
         if scopes is None:
             if len(scopes_of) >= _CACHE_MAX:
                 scopes_of.clear()
-            scopes = scopes_of[raw_scopes] = tuple(json.loads(raw_scopes))
+            scopes = scopes_of[raw_scopes] = tuple(_json.loads(raw_scopes))
         t_scopes(token, scopes)
-        t_context(token, empty if context == "{}" else FrozenMap(json.loads(context)))
+        t_context(token, empty if context == "{}" else FrozenMap(_json.loads(context)))
         t_created(token, cached_time(created) or moment(created))
         t_expires(token, cached_time(expires) or moment(expires))
         return token
@@ -569,7 +568,7 @@ def _bind_decoders() -> None:
         """A Command from a row, without the validators (see decode_session)."""
         values = list(row)
         payload = values[c_payload]
-        values[c_payload] = empty if payload == "{}" else FrozenMap(json.loads(payload))
+        values[c_payload] = empty if payload == "{}" else FrozenMap(_json.loads(payload))
         for i in (c_available, c_created, c_updated):
             values[i] = moment(values[i])
         if values[c_lease_until] is not None:

@@ -72,6 +72,44 @@ def test_the_fast_path_imports_no_argparse_typing_attrs_psutil_config_or_models(
         assert show(run, "s1")["notify"] is (event == "session-start")
 
 
+@pytest.mark.parametrize("event", ["session-start", "session-end"])
+def test_the_fast_path_itself_imports_no_json_re_or_enum(
+    env: dict[str, str], run: Run, event: str
+) -> None:
+    """What the hook adds to what the interpreter loaded at start-up (an editable install's
+    import hook loads re there; a clean install does not): json, re and enum are about half a
+    bare interpreter's start-up, and the script, registry._json and _signal avoid them."""
+    assert run("hook", "session-start", stdin=hook_input("s1")).returncode == 0  # the database
+    probe = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from registry._entry import main\n"
+        f"code = main(['hook', {event!r}])\n"
+        "sys.stdout.write(str(code) + ' ' + ' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        input=hook_input("s1"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.stderr == ""
+    code, *added = done.stdout.split()
+    assert code == "0"
+    assert "registry.hook" in added and "sqlite3" in added  # it really ran the fast path
+    assert set(added) & {"json", "re", "enum", "signal", "argparse", "typing"} == set()
+    assert (run("sessions", "show", "s1").returncode == 1) is (event == "session-end")
+
+
+def test_the_installed_command_is_the_plain_script() -> None:
+    """pip's generated entry-point wrapper imports re; the installed command must not."""
+    text = SCRIPT.read_text()
+    assert "from registry._entry import main" in text
+    assert "import re" not in [line.strip() for line in text.splitlines()]
+
+
 def test_defaults_are_the_config_defaults() -> None:
     """The hook reads registry.defaults; StoreConfig must not disagree with it."""
     from registry import defaults
@@ -138,7 +176,8 @@ def test_a_bad_host_id_is_refused_with_a_warning_and_writes_nothing(
         (("hook",), "no event given"),
         (("hook", "session-start", "extra"), "unexpected argument 'extra'"),
         (("--data-dri", "x", "hook", "session-start"), "unknown option '--data-dri'"),
-        (("--backend", "postgres", "hook", "session-start"), "--backend 'postgres'"),
+        (("--backend", "mongodb", "hook", "session-start"), "store.backend = 'mongodb' is not"),
+        (("--backend", "postgres", "hook", "session-start"), "store.postgres.dsn is required"),
         # An unset variable in the hook's command line: `--data-dir $UNSET hook session-start`.
         (("--data-dir", "hook", "session-start"), "--data-dir needs a value"),
         (("--config", "hook", "session-end"), "--config needs a value"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from registry import Store
 from registry.testing.backend import Backend, OpenStore
 from registry.testing.clock import EPOCH_START, FakeClock, data_files
 from registry.testing.values import (
@@ -184,10 +185,24 @@ class _Postgres(Backend):
         drop_schema(store_config["postgres"]["schema"])
 
 
+@dataclass(frozen=True)
+class _PostgresHook(_Postgres):
+    """The postgres store a hook process opens (SPEC 4): one plain connection, no pool. The
+    factory does not build it from a config, so it is opened here as registry.hook opens it."""
+
+    def open(self, store_config: Mapping[str, Any], clock: Callable[[], Any]) -> Store:
+        from registry.backends.postgres import PostgresStore, _open_hook_store
+        from registry.config import StoreConfig
+
+        store = _open_hook_store(StoreConfig.from_mapping(store_config), clock)
+        assert isinstance(store, PostgresStore) and store._single and store._pool is None
+        return store
+
+
 def pytest_ccr_backends(config: pytest.Config) -> dict[str, Backend]:
-    """Every backend of ALL_BACKENDS for the exported suites; the postgres ones skip (or fail
-    in CI) where they cannot run."""
-    return {
+    """Every backend of ALL_BACKENDS for the exported suites, and the postgres hook's store;
+    the postgres ones skip (or fail in CI) where they cannot run."""
+    backends: dict[str, Backend] = {
         name: (
             _Postgres(entry["config"], unavailable=POSTGRES_UNAVAILABLE, name=name)
             if name in USES_POSTGRES
@@ -195,3 +210,8 @@ def pytest_ccr_backends(config: pytest.Config) -> dict[str, Backend]:
         )
         for name, entry in ALL_BACKENDS.items()
     }
+    postgres = ALL_BACKENDS["postgres"]["config"]
+    backends["postgres-hook"] = _PostgresHook(
+        postgres, unavailable=POSTGRES_UNAVAILABLE, name="postgres"
+    )
+    return backends

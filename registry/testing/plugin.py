@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from registry import Store, open_store
+from registry import Store
 from registry.testing.backend import Backend, OpenStore
 from registry.testing.clock import FakeClock
 
@@ -133,12 +133,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def open_(store_config: dict[str, Any], clock: FakeClock) -> Iterator[OpenStore]:
+def open_(
+    request: pytest.FixtureRequest,
+    backend_name: str,
+    store_config: dict[str, Any],
+    clock: FakeClock,
+) -> Iterator[OpenStore]:
     """Open (or reopen) a store on this test's data; every store opened is closed afterwards."""
+    backend = configured_backends(request.config)[backend_name]
     opened: list[Store] = []
 
     def _open(**overrides: Any) -> Store:
-        store = open_store({**store_config, **overrides}, clock=clock)
+        store = backend.open({**store_config, **overrides}, clock)
         opened.append(store)
         return store
 

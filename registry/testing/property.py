@@ -47,7 +47,6 @@ from registry import (
     TokenNotFound,
     Transport,
     ValidationError,
-    open_store,
 )
 from registry.testing.backend import Backend
 from registry.testing.clock import FakeClock
@@ -577,7 +576,7 @@ class Lockstep(RuleBasedStateMachine):
             "token_ttl_hours": TOKEN_TTL / timedelta(hours=1),
             **INBOX_SETTINGS,
         }
-        return open_store(config, clock=self.clock)
+        return self.backends[name].open(config, self.clock)
 
     def teardown(self) -> None:
         for store in self.stores.values():

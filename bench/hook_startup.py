@@ -34,13 +34,14 @@ SOURCE_FILES = ("pyproject.toml", "README.md", "bin", "registry")
 BARE = "python -c pass"
 HOOK = "ccr-registry hook session-start"
 
-# The least any Python hook of this design does: parse its arguments and the JSON on stdin,
-# resolve a path, and upsert one row in a WAL database. No ccr-registry code at all.
+# What a Python hook of this design does at the least, no ccr-registry code at all: read the
+# JSON on stdin with the json module and upsert one row in a WAL database (FLOOR); and the same
+# with a command line parsed by argparse and the path made a pathlib.Path, as a first hook did
+# (FLOOR_ARGPARSE).
 FLOOR = """
-import argparse, json, pathlib, sqlite3, sys, time
-argparse.ArgumentParser().parse_args([])
+import json, sqlite3, sys, time
 data = json.loads(sys.stdin.read())
-conn = sqlite3.connect(pathlib.Path(sys.argv[1]), isolation_level=None, timeout=2)
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=2)
 conn.execute("PRAGMA foreign_keys = ON")
 conn.execute("BEGIN IMMEDIATE")
 now = time.time_ns() // 1_000_000
@@ -52,6 +53,15 @@ conn.execute(
 conn.execute("COMMIT")
 conn.close()
 """
+_ARGPARSE = (
+    ("import json, sqlite3, sys, time\n", "import argparse, json, pathlib, sqlite3, sys, time\n"
+     "argparse.ArgumentParser().parse_args([])\n"),
+    ("sqlite3.connect(sys.argv[1],", "sqlite3.connect(pathlib.Path(sys.argv[1]),"),
+)  # fmt: skip
+FLOOR_ARGPARSE = FLOOR
+for _old, _new in _ARGPARSE:
+    assert _old in FLOOR_ARGPARSE
+    FLOOR_ARGPARSE = FLOOR_ARGPARSE.replace(_old, _new)
 
 
 def timed(cmd: list[str], runs: int, *, stdin: bytes = b"", env: dict[str, str]) -> list[float]:
@@ -130,8 +140,13 @@ def measure(bin_dir: Path, runs: int, sessions: int) -> dict[str, tuple[float, f
             ("python -c 'import registry.cli'", [python, "-c", "import registry.cli"], b""),
             ("python -c 'import registry.hook'", [python, "-c", "import registry.hook"], b""),
             (
-                "floor: stdlib imports + one write",
+                "floor: json, sqlite3, one upsert",
                 [python, "-c", FLOOR, str(Path(root) / "ccr.db")],
+                payload,
+            ),
+            (
+                "floor with argparse and pathlib",
+                [python, "-c", FLOOR_ARGPARSE, str(Path(root) / "ccr.db")],
                 payload,
             ),
             (HOOK, [script, "hook", "session-start"], payload),
@@ -141,7 +156,7 @@ def measure(bin_dir: Path, runs: int, sessions: int) -> dict[str, tuple[float, f
             name: describe(timed(cmd, runs, stdin=data, env=env)) for name, cmd, data in rows
         }
         with open_store({"backend": "sqlite", "data_dir": root}) as store:
-            # start then end leave nothing behind; the floor script adds its one row
+            # start then end leave nothing behind; the two floor scripts add one row
             assert len(store.sessions.list_sessions()) == sessions + 1
     return results
 

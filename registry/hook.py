@@ -202,9 +202,10 @@ def read_hook_input() -> dict[str, Any]:
     if len(raw) > HOOK_STDIN_LIMIT:
         raise ValueError("hook input is larger than 1 MiB")
     try:
-        # UTF-8, as Claude Code and OpenCode write it (a BOM is skipped); a UnicodeDecodeError
-        # is a ValueError too.
-        data = _json.loads(raw.decode("utf-8-sig", "surrogatepass"))
+        # UTF-8, as Claude Code and OpenCode write it; a BOM is skipped by hand (the utf-8-sig
+        # codec is a module to import). A UnicodeDecodeError is a ValueError too.
+        text = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+        data = _json.loads(text.decode("utf-8", "surrogatepass"))
     except ValueError:
         raise ValueError("hook input is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):

@@ -6,6 +6,7 @@ behaviour depends on the shell (closed stderr, a wrapper shell).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -411,3 +412,41 @@ def test_the_hook_repairs_text_by_the_one_utf8_rule() -> None:
     assert hook.is_utf8 is validation.is_utf8
     assert hook.to_utf8 is validation.to_utf8
     assert not hasattr(hook, "_is_utf8") and not hasattr(hook, "_to_utf8")
+
+
+@pytest.mark.parametrize(
+    ("raw", "session_id"),
+    [
+        (b'{"session_id": "s1"}', "s1"),
+        (b'\xef\xbb\xbf{"session_id": "s1"}', "s1"),  # a UTF-8 BOM is skipped
+        ('{"session_id": "caf\u00e9"}'.encode(), "caf\u00e9"),
+        (b' \n{"session_id": "s\\u00e9"}\n', "s\u00e9"),
+    ],
+)
+def test_hook_input_is_utf8_json(
+    monkeypatch: pytest.MonkeyPatch, raw: bytes, session_id: str
+) -> None:
+    from registry.hook import read_hook_input
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    assert read_hook_input()["session_id"] == session_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b'{"session_id": "\xff"}', "not JSON"),  # not UTF-8
+        (b'\xef\xbb\xbf\xef\xbb\xbf{"session_id": "s1"}', "not JSON"),  # one BOM only
+        (b'{"session_id": "s1"} {}', "not JSON"),
+        (b"[]", "no session_id"),
+        (b'{"session_id": 5}', "no session_id"),
+    ],
+)
+def test_hook_input_that_is_not_a_hook_event_is_refused(
+    monkeypatch: pytest.MonkeyPatch, raw: bytes, said: str
+) -> None:
+    from registry.hook import read_hook_input
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    with pytest.raises(ValueError, match=said):
+        read_hook_input()

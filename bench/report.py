@@ -80,12 +80,23 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         GROWTH_LIMIT,
     )
     contention = results["contention"]
-    row(
-        f"8-process throughput ≥ {THROUGHPUT_FLOOR}x raw",
-        lambda n: contention[n]["8"]["throughput"] / contention["raw"]["8"]["throughput"],
-        THROUGHPUT_FLOOR,
-        at_most=False,
-    )
+    target = results.get("contention_target")
+    if target is not None:  # raw and sqlite in turns, several rounds: the median ratio
+        rounds = len(target["ratios"])
+        ours = target["median_ratio"]
+        rows.append(
+            (f"8-process throughput ≥ {THROUGHPUT_FLOOR}x raw (median of {rounds} rounds)",
+             f"{ours:.2f}x", "met" if ours >= THROUGHPUT_FLOOR else "**missed**",
+             f"{contention['json']['8']['throughput'] / contention['raw']['8']['throughput']:.2f}x"
+             " (one round)" if "json" in contention and "raw" in contention else "n/a")
+        )  # fmt: skip
+    else:
+        row(
+            f"8-process throughput ≥ {THROUGHPUT_FLOOR}x raw",
+            lambda n: contention[n]["8"]["throughput"] / contention["raw"]["8"]["throughput"],
+            THROUGHPUT_FLOOR,
+            at_most=False,
+        )
     startup = results.get("hook_startup", {})
     if startup:
         from hook_startup import BARE, HOOK
@@ -163,9 +174,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "`filelock` for every operation: it caches table state in the process); **legacy** (the old daemon's",
         "way plus a cross-process lock: the whole file parsed for every operation and rewritten in place).",
         "",
-        "Each single-process figure is the median of up to 2,000 operations or one second of them (at least",
-        "3), after one warm-up operation, on a store already holding that many sessions (10 of them with",
-        "`notify`, one token per 10 sessions).",
+        "Each single-process figure is the median of up to 2,000 operations or one second of them, on a",
+        "store already holding that many sessions (10 of them with `notify`, one token per 10 sessions).",
+        "The subjects take turns: for each workload every subject runs a third of its budget, three times",
+        "in a rotating order, after one warm-up operation.",
         "",
         "## Targets",
         "",
@@ -221,6 +233,26 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"| {name} | {procs} | {c['throughput']:,.0f} | {c['p50_ms']:.2f} ms | "
                 f"{c['p99_ms']:.1f} ms | {c['lost_increments']} | {c['lost_registers']} |"
             )
+    target = results.get("contention_target")
+    if target is not None:
+        lines += [
+            "",
+            f"The 8-process target is read from {len(target['ratios'])} more rounds of raw and sqlite "
+            "alone, taking turns, each",
+            f"process doing {target['registers']} registers and {target['increments']} increments "
+            "(the rounds above are too short to time",
+            "reliably: the floor's 8 processes finish in about 50 ms):",
+            "",
+            "| round | raw ops/s | sqlite ops/s | sqlite / raw |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {i + 1} | {r:,.0f} | {o:,.0f} | {x:.2f}x |"
+            for i, (r, o, x) in enumerate(
+                zip(target["raw_ops_s"], target["sqlite_ops_s"], target["ratios"], strict=True)
+            )
+        ]
+        lines += ["", f"Median ratio: **{target['median_ratio']:.2f}x**."]
     lines += [
         "",
         f"![throughput against processes](img/{images[1]})",

@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hook_startup import BARE, HOOK, clean_env, clean_install, measure
-from subjects import SUBJECTS, Subject, session_record, token_record
+from subjects import OPS, SUBJECTS, Subject, session_record, token_record
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTIFY_SESSIONS = 10  # constant whatever the size: the list's cost should not grow with the store
@@ -59,9 +59,10 @@ def dataset(size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def timed_loop(
-    op: Callable[[int], object], *, budget_s: float, max_ops: int, min_ops: int = 3
+    op: Callable[[int], object], *, budget_s: float, max_ops: int, min_ops: int, warm_up: bool
 ) -> list[int]:
-    op(-1)  # warm-up, not recorded
+    if warm_up:
+        op(-1)  # not recorded
     samples: list[int] = []
     deadline = time.perf_counter() + budget_s
     k = 0
@@ -73,47 +74,75 @@ def timed_loop(
     return samples
 
 
-def run_single(
-    subject_cls: type[Subject], size: int, root: Path, budget_s: float, max_ops: int
-) -> dict[str, list[int]]:
-    subject = subject_cls(root)
-    sessions, tokens = dataset(size)
-    subject.load(sessions, tokens)
-    subject.open()
-    rng = random.Random(size)
-    ids = [s["session_id"] for s in sessions]
-    minted: list[str] = []
-    results: dict[str, list[int]] = {}
+class Workloads:
+    """One subject's store of one size, open, and the single-process workloads on it."""
 
-    def pick() -> str:
-        return ids[rng.randrange(size)]
-
-    def mint(k: int) -> None:
-        minted.append(subject.mint(pick(), 7, now_ms()))
-
-    def validate(k: int) -> None:
-        assert subject.validate(minted[k % len(minted)], 7, now_ms())
-
-    def open_get_close(k: int) -> None:
+    def __init__(self, subject_cls: type[Subject], size: int, root: Path) -> None:
+        subject = self.subject = subject_cls(root)
+        sessions, tokens = dataset(size)
+        subject.load(sessions, tokens)
         subject.open()
-        assert subject.get(pick()) is not None
-        subject.close()
+        rng = random.Random(size)
+        ids = [s["session_id"] for s in sessions]
+        minted: list[str] = []
+        count = iter(range(10**9))  # register_new's ids, unique across slices
 
-    work: dict[str, Callable[[int], object]] = {
-        "get": lambda k: subject.get(pick()),
-        "register_new": lambda k: subject.register(f"new-{k}-{rng.random()}", 7, now_ms()),
-        "register_existing": lambda k: subject.register(pick(), 100_001, now_ms()),
-        "update": lambda k: subject.update(pick(), f"label-{k}", now_ms()),
-        "get_by_ppid": lambda k: subject.get_by_ppid(100_000 + rng.randrange(size), now_ms()),
-        "notify_list": lambda k: subject.notify_list(now_ms()),
-        "mint": mint,
-        "validate": validate,
-        "cleanup": lambda k: subject.cleanup(now_ms()),
-    }
-    for name, op in work.items():
-        results[name] = timed_loop(op, budget_s=budget_s, max_ops=max_ops)
-    subject.close()
-    results["open_get_close"] = timed_loop(open_get_close, budget_s=budget_s, max_ops=max_ops)
+        def pick() -> str:
+            return ids[rng.randrange(size)]
+
+        def mint(k: int) -> None:
+            minted.append(subject.mint(pick(), 7, now_ms()))
+
+        def validate(k: int) -> None:
+            assert subject.validate(minted[k % len(minted)], 7, now_ms())
+
+        def open_get_close(k: int) -> None:
+            subject.open()
+            assert subject.get(pick()) is not None
+            subject.close()
+
+        self.work: dict[str, Callable[[int], object]] = {
+            "get": lambda k: subject.get(pick()),
+            "register_new": lambda k: subject.register(f"new-{next(count)}", 7, now_ms()),
+            "register_existing": lambda k: subject.register(pick(), 100_001, now_ms()),
+            "update": lambda k: subject.update(pick(), f"label-{k}", now_ms()),
+            "get_by_ppid": lambda k: subject.get_by_ppid(100_000 + rng.randrange(size), now_ms()),
+            "notify_list": lambda k: subject.notify_list(now_ms()),
+            "mint": mint,
+            "validate": validate,
+            "cleanup": lambda k: subject.cleanup(now_ms()),
+            "open_get_close": open_get_close,  # run with the subject closed (last)
+        }
+        assert list(self.work) == OPS
+
+
+def run_single(
+    names: list[str], size: int, root: Path, budget_s: float, max_ops: int, slices: int = 3
+) -> dict[str, dict[str, list[int]]]:
+    """Every subject's single-process workloads at one size, the subjects taking turns.
+
+    For each workload in turn, every subject runs a slice of its budget, in a rotating order,
+    ``slices`` times: a subject measured minutes after another would meet another machine (a
+    first full run, subject after subject, put validate at 2.18x the floor at 100 sessions and
+    1.17x at 1,000, the same statement on the same kind of store). Each subject's workloads still
+    run in the same order on its own store, and each is warmed up once, before its first slice.
+    """
+    loads = {name: Workloads(SUBJECTS[name], size, root / f"{name}-{size}") for name in names}
+    results: dict[str, dict[str, list[int]]] = {name: {op: [] for op in OPS} for name in names}
+    for op in OPS:
+        if op == "open_get_close":
+            for load in loads.values():
+                load.subject.close()
+        for turn in range(slices):
+            order = names[turn % len(names) :] + names[: turn % len(names)]
+            for name in order:
+                results[name][op] += timed_loop(
+                    loads[name].work[op],
+                    budget_s=budget_s / slices,
+                    max_ops=max(1, max_ops // slices),
+                    min_ops=1,
+                    warm_up=turn == 0,
+                )
     return results
 
 
@@ -194,6 +223,40 @@ def run_contention(
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1e6,
         "lost_increments": expected - int(label),
         "lost_registers": procs * registers - registered,
+    }
+
+
+def contention_rounds(
+    procs: int, root: Path, rounds: int, registers: int, increments: int
+) -> dict[str, Any]:
+    """The 8-process target: raw and sqlite in turns, ``rounds`` times, with more work per
+    process than the table above (at 50 + 20 operations the floor's 8 processes finish in about
+    50 ms, so one late start or one busy-handler sleep moves a single figure by a third)."""
+    ratios, raw, ours = [], [], []
+    for r in range(rounds):
+        figures = {}
+        # Alternate which subject goes first, so that neither always meets a warmer machine.
+        for name in ("raw", "sqlite") if r % 2 == 0 else ("sqlite", "raw"):
+            result = run_contention(name, procs, root / f"{name}-{r}", registers, increments)
+            lost = result["lost_increments"] + result["lost_registers"]
+            assert lost == 0, f"{name} lost {lost} operations"
+            figures[name] = result["throughput"]
+        raw.append(figures["raw"])
+        ours.append(figures["sqlite"])
+        ratios.append(figures["sqlite"] / figures["raw"])
+        print(
+            f"round {r + 1}: raw {figures['raw']:8.0f} ops/s, sqlite {figures['sqlite']:8.0f} "
+            f"ops/s, ratio {ratios[-1]:.2f}",
+            flush=True,
+        )
+    return {
+        "procs": procs,
+        "registers": registers,
+        "increments": increments,
+        "raw_ops_s": raw,
+        "sqlite_ops_s": ours,
+        "ratios": ratios,
+        "median_ratio": statistics.median(ratios),
     }
 
 
@@ -313,16 +376,14 @@ def main() -> None:
     procs_list = [2, 8] if args.quick else [2, 8, 32]
     scratch = Path(tempfile.mkdtemp(prefix="ccr-bench-"))
     started = time.time()
-    single: dict[str, dict[int, dict[str, list[int]]]] = {}
+    single: dict[str, dict[int, dict[str, list[int]]]] = {name: {} for name in names}
     try:
-        for name in names:
-            single[name] = {}
-            for size in sizes:
-                t0 = time.time()
-                single[name][size] = run_single(
-                    SUBJECTS[name], size, scratch / f"{name}-{size}", budget, max_ops
-                )
-                print(f"{name:<10} {size:>7} sessions: {time.time() - t0:5.1f} s", flush=True)
+        for size in sizes:
+            t0 = time.time()
+            by_name = run_single(names, size, scratch, budget, max_ops)
+            for name in names:
+                single[name][size] = by_name[name]
+            print(f"{size:>7} sessions, every subject: {time.time() - t0:5.1f} s", flush=True)
         contention: dict[str, dict[int, dict[str, Any]]] = {}
         for name in names:
             contention[name] = {}
@@ -336,6 +397,7 @@ def main() -> None:
                     f"p99 {c['p99_ms']:.1f} ms lost {c['lost_increments']}/{c['lost_registers']}",
                     flush=True,
                 )
+        target = contention_rounds(8, scratch / "rounds", 3 if args.quick else 5, 200, 100)
         # The hook is timed as users run it: a clean, non-editable install of this checkout.
         bin_dir = clean_install(scratch / "install", args.pip_arg)
         startup = measure(bin_dir, runs=10 if args.quick else 40, sessions=1000)
@@ -373,6 +435,7 @@ def main() -> None:
             for n, by_size in single.items()
         },
         "contention": {n: {str(p): v for p, v in by.items()} for n, by in contention.items()},
+        "contention_target": target,
         "hook_burst": {str(p): v for p, v in bursts.items()},
         "inbox": inbox,
         "postgres": postgres,

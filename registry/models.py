@@ -461,7 +461,7 @@ def token_hint_legacy(key: str) -> str:
 
 def _legacy_unicode(name: str, value: str) -> str:
     # JSON's "\udcff" escape decodes to a lone surrogate: a str that UTF-8 cannot encode, so
-    # neither SQLite nor our own rewrite of the file could store it (issue 10).
+    # neither SQLite nor our own rewrite of the file could store it.
     if not value.isascii():
         try:
             value.encode("utf-8")

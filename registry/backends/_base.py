@@ -80,7 +80,7 @@ class _WriteCall:
     """The scope of one write call: its time, its write unit, and the write generation.
 
     A class, not a generator: a generator-based context manager around the backend's unit cost
-    several microseconds per write (issue 11). The generation is bumped when the call ends,
+    several microseconds per write. The generation is bumped when the call ends,
     also when it failed: a change that may have happened counts.
     """
 
@@ -276,7 +276,7 @@ class BaseStore(StorageBackend):
             raise ValidationError(f"clock must be callable, got {type(clock).__name__}")
         self._clock = clock
         # The real clock is read as integer milliseconds directly (time.time_ns), without a
-        # datetime and its conversions: about 3 us per write (issue 11). An injected clock is
+        # datetime and its conversions: about 3 us per write. An injected clock is
         # called as before.
         self._system_clock = _is_system_clock(clock)
         self._session_ttl = session_ttl

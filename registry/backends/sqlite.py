@@ -320,7 +320,7 @@ class _Unit:
     ``SAVEPOINT`` for a nested ``atomic()``, and a write inside an open unit joins it.
 
     One small class instead of nested generator-based context managers: an empty write unit
-    cost 9.6 us that way against 4.3 us for a bare ``BEGIN IMMEDIATE; COMMIT`` (issue 11). A
+    cost 9.6 us that way against 4.3 us for a bare ``BEGIN IMMEDIATE; COMMIT``. A
     unit begun before fork() cannot go on in the child: leaving it there raises RegistryError
     without committing or rolling back the parent's transaction.
     """

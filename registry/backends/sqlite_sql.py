@@ -139,7 +139,7 @@ def _params(count: int) -> str:
 
 
 # Statements are built once, here, with positional parameters: building SQL text per call and
-# binding named parameters cost about 1.5 us per register (issue 11).
+# binding named parameters cost about 1.5 us per register.
 SELECT_SESSION: Final = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
 SELECT_TOKEN: Final = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ?"
 SESSION_EXISTS: Final = "SELECT 1 FROM sessions WHERE session_id = ?"
@@ -459,7 +459,7 @@ def _bind_decoders() -> None:
     new = object.__new__
     empty: FrozenMap[Any] = FrozenMap()
     # A slot's descriptor sets it directly: object.__setattr__ by name, as attrs' __init__
-    # does per field, cost about 1 us more per Session (issue 11).
+    # does per field, cost about 1 us more per Session.
     s_set = {a.name: getattr(Session, a.name).__set__ for a in Session.__attrs_attrs__}
     t_set = {a.name: getattr(Token, a.name).__set__ for a in Token.__attrs_attrs__}
     p_set = {a.name: getattr(Transport, a.name).__set__ for a in Transport.__attrs_attrs__}
@@ -731,7 +731,7 @@ class Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (errors translated).
 
     A class rather than a generator-based context manager: this is every write's path, and
-    the generator machinery cost about 3.5 us per write (issue 11). ``owner``: the pid the
+    the generator machinery cost about 3.5 us per write. ``owner``: the pid the
     connection belongs to; in another process (a child that forked inside the unit) the
     connection is left alone, neither committed nor rolled back.
     """

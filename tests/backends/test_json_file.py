@@ -479,7 +479,7 @@ def write_files(data_dir: Path, sessions: object, tokens: object) -> None:
 def test_a_lone_surrogate_in_one_record_does_not_stop_later_writes(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    """Issue 10: one such record made the json store refuse every later write."""
+    """One such record made the json store refuse every later write."""
     text = json.dumps({"bad": good_record("bad", cwd="/caf\udcff"), "good": good_record("good")})
     assert "\\udcff" in text
     (tmp_path / "claude-sessions.json").write_text(text, encoding="ascii")

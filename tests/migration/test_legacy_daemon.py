@@ -103,7 +103,7 @@ def test_a_record_beyond_every_api_limit_is_imported_and_exported_as_it_is(
 
 
 def test_text_that_is_not_valid_unicode_is_skipped_and_reported(tmp_path: Path) -> None:
-    """Issue 10: the importer stopped at such a record instead of skipping it."""
+    """The importer stopped at such a record instead of skipping it."""
     base = {"created_at": 1770600000000}
     text = {
         SESSIONS: json.dumps(

@@ -4,8 +4,9 @@
 
 Measured as users run it: the project is installed with ``pip install`` (not editable: an
 editable install adds an import hook to every start) into a new virtual environment, and its
-real ``ccr-registry`` console script is timed. Runs each command many times against an sqlite
-store that already holds --sessions sessions, and prints the median and p90 wall time of each
+real ``ccr-registry`` command is timed. Runs each command many times, the commands taking turns,
+against an sqlite store that already holds --sessions sessions, and prints the median and p90
+wall time of each
 and the ratio to a bare interpreter of that environment. It also times the imports a hook
 cannot avoid, to show where the time goes: `registry.hook` (what the console script's entry
 module, `registry._entry`, hands a hook to) and, for comparison, `registry.cli` (what every other
@@ -64,13 +65,21 @@ for _old, _new in _ARGPARSE:
     FLOOR_ARGPARSE = FLOOR_ARGPARSE.replace(_old, _new)
 
 
-def timed(cmd: list[str], runs: int, *, stdin: bytes = b"", env: dict[str, str]) -> list[float]:
-    subprocess.run(cmd, input=stdin, env=env, check=True, capture_output=True)  # warm caches
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
+def timed(
+    commands: list[tuple[list[str], bytes]], runs: int, *, env: dict[str, str]
+) -> list[list[float]]:
+    """Wall times of every command, ``runs`` each, the commands taking turns (A B C, B C A, ...):
+    a command timed all at once, then the next, would compare two moments of a shared machine
+    (a first report put the hook at 1.6x and, a run later, 2.9x a bare interpreter that way)."""
+    for cmd, stdin in commands:  # warm caches (and write the bytecode)
         subprocess.run(cmd, input=stdin, env=env, check=True, capture_output=True)
-        samples.append(time.perf_counter() - started)
+    samples: list[list[float]] = [[] for _ in commands]
+    for k in range(runs):
+        for i in [*range(k % len(commands), len(commands)), *range(k % len(commands))]:
+            cmd, stdin = commands[i]
+            started = time.perf_counter()
+            subprocess.run(cmd, input=stdin, env=env, check=True, capture_output=True)
+            samples[i].append(time.perf_counter() - started)
     return samples
 
 
@@ -152,9 +161,8 @@ def measure(bin_dir: Path, runs: int, sessions: int) -> dict[str, tuple[float, f
             (HOOK, [script, "hook", "session-start"], payload),
             ("ccr-registry hook session-end", [script, "hook", "session-end"], payload),
         ]
-        results = {
-            name: describe(timed(cmd, runs, stdin=data, env=env)) for name, cmd, data in rows
-        }
+        samples = timed([(cmd, data) for _, cmd, data in rows], runs, env=env)
+        results = {name: describe(times) for (name, _, _), times in zip(rows, samples, strict=True)}
         with open_store({"backend": "sqlite", "data_dir": root}) as store:
             # start then end leave nothing behind; the two floor scripts add one row
             assert len(store.sessions.list_sessions()) == sessions + 1

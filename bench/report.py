@@ -280,7 +280,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             "",
             "## One hook process",
             "",
-            "Each command run 40 times one after another with the clean install's interpreter, on",
+            "Each command run 40 times with the clean install's interpreter, the commands taking turns, on",
             "a store of 1,000 sessions (`bench/hook_startup.py`); the floors are the standard",
             "library's imports and one upsert, without any ccr-registry code (the second also",
             "parses an empty command line with argparse and makes the path a pathlib.Path).",

@@ -42,7 +42,6 @@ import os
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from workers import release_together, wall_s  # bench/workers.py, beside this script
 
 from registry import defaults, open_store
 from registry.backends.sqlite_sql import (
@@ -477,27 +478,10 @@ def drain_worker(name: str, root: str) -> None:
 def run_drain(name: str, root: Path, commands: int) -> dict[str, Any]:
     subject = SUBJECTS[name](root)
     subject.build(0, commands, session_ids(DRAIN_SESSIONS))
-    children = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--drain-worker", name, str(root)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(CONSUMERS)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    reports = []
-    for child in children:
-        out, _ = child.communicate(timeout=3600)
-        assert child.returncode == 0, name
-        reports.append(json.loads(out.strip().splitlines()[-1]))
-    wall = (max(r["ended"] for r in reports) - min(r["started"] for r in reports)) / 1e9
+    reports = release_together(
+        [[sys.executable, __file__, "--drain-worker", name, str(root)]] * CONSUMERS, timeout=3600
+    )
+    wall = wall_s(reports)
     subject.open()
     landed = subject.count_done()
     subject.close()

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 from psycopg_pool import ConnectionPool  # noqa: E402
+from workers import release_together, wall_s  # noqa: E402  bench/workers.py, beside this script
 
 from registry import defaults, open_store  # noqa: E402
 from registry.backends.postgres import (  # noqa: E402
@@ -396,27 +397,12 @@ def worker(name: str, dsn: str, sqlite_dir: str, increments: int) -> None:
 def run_contention(
     name: str, dsn: str, sqlite_dir: Path, procs: int, increments: int
 ) -> dict[str, Any]:
-    children = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--worker", name, dsn, str(sqlite_dir), str(increments)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(procs)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    reports = []
-    for child in children:
-        out, _ = child.communicate(timeout=1800)
-        assert child.returncode == 0, f"{name} worker failed"
-        reports.append(json.loads(out.strip().splitlines()[-1]))
-    wall = (max(r["ended"] for r in reports) - min(r["started"] for r in reports)) / 1e9
+    reports = release_together(
+        [[sys.executable, __file__, "--worker", name, dsn, str(sqlite_dir), str(increments)]]
+        * procs,
+        timeout=1800,
+    )
+    wall = wall_s(reports)
     latencies = sorted(x for r in reports for x in r["latencies"])
     subject = make(name, dsn, sqlite_dir)
     final = int(subject.label(f"counter-{name}") or 0)
@@ -519,26 +505,13 @@ def run_drain(dsn: str, mode: str, procs: int, tag: str, sessions: int, per: int
     are checked from their reports and from the store."""
     schema = f"drain_{tag}"
     expected = fill_inbox(dsn, schema, sessions, per)
-    children = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--drain-worker", mode, dsn, schema, f"c{n}"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(procs)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    reports = []
-    for child in children:
-        out, _ = child.communicate(timeout=1800)
-        assert child.returncode == 0, f"drain worker {mode} failed"
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = release_together(
+        [
+            [sys.executable, __file__, "--drain-worker", mode, dsn, schema, f"c{n}"]
+            for n in range(procs)
+        ],
+        timeout=1800,
+    )
     claims = [(cid, t) for r in reports for cid, t in r["claims"]]
     ids = [cid for cid, _ in claims]
     with open_store(claim_config(dsn, schema)) as store:
@@ -551,7 +524,7 @@ def run_drain(dsn: str, mode: str, procs: int, tag: str, sessions: int, per: int
         [cid for _, cid in sorted(timed)] == sorted(cid for _, cid in timed)
         for timed in by_session.values()
     )
-    wall = (max(r["ended"] for r in reports) - min(r["started"] for r in reports)) / 1e9
+    wall = wall_s(reports)
     return {
         "procs": procs,
         "commands": len(expected),

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hook_startup import BARE, HOOK, clean_env, clean_install, measure
 from subjects import OPS, SUBJECTS, Subject, session_record, token_record
+from workers import release_together, wall_s
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTIFY_SESSIONS = 10  # constant whatever the size: the list's cost should not grow with the store
@@ -175,36 +176,15 @@ def run_contention(
     subject = SUBJECTS[name](root)
     sessions, tokens = dataset(1000)
     subject.load(sessions, tokens)
-    children = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--worker",
-                name,
-                str(root),
-                str(n),
-                str(registers),
-                str(increments),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(procs)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    reports = []
-    for child in children:
-        out, _ = child.communicate(timeout=1800)
-        assert child.returncode == 0
-        reports.append(json.loads(out.strip().splitlines()[-1]))
-    wall = (max(r["ended"] for r in reports) - min(r["started"] for r in reports)) / 1e9
+    reports = release_together(
+        [
+            [sys.executable, __file__, "--worker", name, str(root), str(n), str(registers),
+             str(increments)]
+            for n in range(procs)
+        ],
+        timeout=1800,
+    )  # fmt: skip
+    wall = wall_s(reports)
     latencies = sorted(x for r in reports for x in r["latencies"])
     subject.open()
     counter = subject.get("s000000")
